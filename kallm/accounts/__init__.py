@@ -1,0 +1,1 @@
+"""Money and identity: prices, and later virtual keys, spend, budgets and rate limits."""

@@ -1,0 +1,88 @@
+"""Which requests may share an answer.
+
+A chat request splits into a *scope* and a *compared text*. The scope is a hash
+of everything that can change the answer apart from the last user message: the
+model, the whole conversation before it (system prompt, earlier turns), tools,
+response format, sampling parameters and the tenant. Only requests with equal
+scopes are ever compared, and within a scope only the last user message is
+compared by meaning. Parameters are in the scope unless they are known not to
+change the answer, so a new OpenAI parameter is safe by default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+# Request fields that change how an answer is delivered or billed, never what it says.
+DELIVERY_ONLY_FIELDS = frozenset(
+    {
+        "messages",
+        "stream",
+        "stream_options",
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "safety_identifier",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    """Where a request lives in the cache.
+
+    ``text`` is None when the conversation does not end with a plain user text
+    (a tool result, an image): such requests are matched exactly or not at all.
+    """
+
+    scope: str
+    exact: str
+    text: str | None
+
+
+def _digest(payload: Any) -> str:
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+def _user_text(message: dict[str, Any]) -> str | None:
+    """The message's text if it is a user turn made only of text, else None."""
+    if message.get("role") != "user":
+        return None
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                return None
+            parts.append(str(part.get("text", "")))
+        return "\n".join(parts)
+    return None
+
+
+def normalise_text(text: str) -> str:
+    """Collapse whitespace so that an exact repeat survives a trailing newline."""
+    return " ".join(text.split())
+
+
+def cache_key(request: dict[str, Any], namespace: str = "") -> CacheKey:
+    """Split a validated chat request into its scope and compared text."""
+    messages: list[Any] = request["messages"]
+    params = {k: v for k, v in request.items() if k not in DELIVERY_ONLY_FIELDS}
+    last_text = _user_text(messages[-1]) if messages else None
+    last = messages[-1] if messages else None
+    extras = {k: v for k, v in last.items() if k not in ("role", "content")} if last else {}
+    if last_text is None or extras:
+        scope = _digest({"ns": namespace, "params": params, "messages": messages})
+        return CacheKey(scope=scope, exact=scope, text=None)
+    text = normalise_text(last_text)
+    scope = _digest({"ns": namespace, "params": params, "history": messages[:-1]})
+    exact = _digest({"scope": scope, "text": text})
+    return CacheKey(scope=scope, exact=exact, text=text)

@@ -1,0 +1,33 @@
+"""What every command shares: building Settings from flags and failing with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from kallm.config import LoadedSettings, load_settings
+from kallm.errors import ConfigError
+
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def settings_from(config: Path | None, **flags: Any) -> LoadedSettings:
+    """Settings from defaults < file < env < these flags, or exit with the one-line reason."""
+    try:
+        return load_settings(config_path=config, flags=flags)
+    except ConfigError as exc:
+        fail(exc.message)
+
+
+CONFIG_OPTION = typer.Option(
+    None, "--config", "-c", help="Path to kallm.toml (default: the user config dir).",
+    envvar="KALLM_CONFIG", show_envvar=True,
+)

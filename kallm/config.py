@@ -1,0 +1,297 @@
+"""The one frozen Settings object, built from defaults < kallm.toml < environment < CLI flags.
+
+Every setting is declared once in ``SPECS`` (its TOML key, its environment
+variables and its parser), so the file, the environment and the flags cannot
+drift apart, and ``load_settings`` can say where each value came from.
+A bad value raises ``ConfigError`` naming the setting, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import platformdirs
+
+from kallm.errors import ConfigError
+
+APP_NAME = "kallm"
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2}
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "kallm.toml"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything kallm reads at start-up; passed down, never mutated."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    upstream_base_url: str = "https://api.openai.com/v1"
+    upstream_api_key: str | None = None
+    upstream_connect_timeout: float = 10.0
+    upstream_timeout: float = 600.0
+    similarity_threshold: float | None = None  # None: the embedder's own measured default
+    cache_ttl: float = 24 * 3600.0
+    max_cache_size: int = 10_000
+    embedding_model: str = "local"
+    cache_file: Path | None = field(default_factory=lambda: default_data_dir() / "cache.kallm")
+    snapshot_interval: float = 300.0
+    guard: bool = True
+    max_body_bytes: int = 10 * 1000**2
+    log_json: bool = False
+    log_level: str = "info"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+# ---------------------------------------------------------------- parsers
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90s``, ``30m``, ``24h``, ``7d``, ``500ms`` or a bare number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*", str(value).lower())
+        if not match:
+            raise ValueError("a duration such as 90s, 30m, 24h or 7d")
+        seconds = float(match[1]) * _DURATION_UNITS[match[2] or "s"]
+    if seconds < 0:
+        raise ValueError("a duration of zero or more")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``10MB``, ``512KiB`` or a bare number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*([a-z]*)\s*", str(value).lower())
+        if not match or match[2] not in _SIZE_UNITS:
+            raise ValueError("a size such as 10MB or 512KiB")
+        size = int(match[1]) * _SIZE_UNITS[match[2]]
+    if size <= 0:
+        raise ValueError("a size above zero")
+    return size
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("true or false")
+
+
+def parse_fraction(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("a number from 0.0 to 1.0") from None
+    if not 0.0 <= number <= 1.0:
+        raise ValueError("a number from 0.0 to 1.0")
+    return number
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        try:
+            number = int(str(value).strip()) if not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        if number is None or not low <= number <= high:
+            raise ValueError(f"a whole number from {low} to {high}")
+        return number
+
+    return parse
+
+
+def parse_url(value: Any) -> str:
+    url = str(value).strip().rstrip("/")
+    parsed = urlparse(url)
+    if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+        raise ValueError("an http:// or https:// URL")
+    return url
+
+
+def parse_host(value: Any) -> str:
+    host = str(value).strip()
+    if not host or any(c.isspace() for c in host):
+        raise ValueError("a host name or IP address such as 127.0.0.1 or 0.0.0.0")
+    return host
+
+
+def parse_optional_path(value: Any) -> Path | None:
+    text = str(value).strip()
+    return None if text.lower() in {"", "none", "off"} else Path(text).expanduser()
+
+
+def parse_choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return text
+
+    return parse
+
+
+def parse_embedding_model(value: Any) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("local, hash, or the name of an upstream embedding model")
+    return text
+
+
+def parse_secret(value: Any) -> str | None:
+    text = str(value).strip()
+    return text or None
+
+
+# ---------------------------------------------------------------- the table of settings
+
+@dataclass(frozen=True)
+class SettingSpec:
+    field: str
+    toml_key: str  # dotted: section.key
+    env: tuple[str, ...]
+    parse: Callable[[Any], Any]
+    secret: bool = False
+
+
+SPECS: tuple[SettingSpec, ...] = (
+    SettingSpec("host", "server.host", ("KALLM_HOST",), parse_host),
+    SettingSpec("port", "server.port", ("KALLM_PORT",), _int_in(0, 65535)),
+    SettingSpec("max_body_bytes", "server.max_body_size", ("KALLM_MAX_BODY_SIZE",), parse_size),
+    SettingSpec("upstream_base_url", "upstream.base_url", ("OPENAI_BASE_URL", "KALLM_UPSTREAM_URL"),
+                parse_url),
+    SettingSpec("upstream_api_key", "upstream.api_key", ("OPENAI_API_KEY",), parse_secret,
+                secret=True),
+    SettingSpec("upstream_connect_timeout", "upstream.connect_timeout",
+                ("KALLM_UPSTREAM_CONNECT_TIMEOUT",), parse_duration),
+    SettingSpec("upstream_timeout", "upstream.timeout", ("KALLM_UPSTREAM_TIMEOUT",),
+                parse_duration),
+    SettingSpec("similarity_threshold", "cache.similarity_threshold",
+                ("KALLM_SIMILARITY_THRESHOLD",), parse_fraction),
+    SettingSpec("cache_ttl", "cache.ttl", ("KALLM_CACHE_TTL",), parse_duration),
+    SettingSpec("max_cache_size", "cache.max_entries", ("KALLM_MAX_CACHE_SIZE",),
+                _int_in(1, 10_000_000)),
+    SettingSpec("embedding_model", "cache.embedding_model", ("KALLM_EMBEDDING_MODEL",),
+                parse_embedding_model),
+    SettingSpec("cache_file", "cache.file", ("KALLM_CACHE_FILE",), parse_optional_path),
+    SettingSpec("snapshot_interval", "cache.snapshot_interval", ("KALLM_SNAPSHOT_INTERVAL",),
+                parse_duration),
+    SettingSpec("guard", "cache.guard", ("KALLM_CACHE_GUARD",), parse_bool),
+    SettingSpec("log_json", "log.json", ("KALLM_LOG_JSON",), parse_bool),
+    SettingSpec("log_level", "log.level", ("KALLM_LOG_LEVEL",),
+                parse_choice("debug", "info", "warning", "error")),
+)
+SPEC_BY_FIELD = {spec.field: spec for spec in SPECS}
+assert set(SPEC_BY_FIELD) == {f.name for f in fields(Settings)}, "every setting needs a spec"
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    """The settings plus where each value came from (default, file, env NAME, flag)."""
+
+    settings: Settings
+    sources: Mapping[str, str]
+    config_path: Path | None
+
+
+def _parse(spec: SettingSpec, raw: Any, origin: str) -> Any:
+    try:
+        return spec.parse(raw)
+    except ValueError as exc:
+        shown = "***" if spec.secret else repr(raw)
+        raise ConfigError(f"{origin}: invalid value {shown}; expected {exc}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read ({exc.strerror})") from None
+
+
+def _lookup(document: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = document
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _check_unknown_keys(document: Mapping[str, Any], path: Path) -> None:
+    """A misspelt key silently ignored is a setting the user thinks they set."""
+    known = {spec.toml_key for spec in SPECS}
+    sections = {key.split(".")[0] for key in known}
+    for section, body in document.items():
+        if section not in sections:
+            continue  # sections owned by other features (providers, keys) are checked there
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"config file {path}: [{section}] must be a table")
+        for key in body:
+            if f"{section}.{key}" not in known:
+                allowed = sorted(k.split(".", 1)[1] for k in known if k.startswith(section + "."))
+                raise ConfigError(
+                    f"config file {path}: unknown setting {section}.{key}; "
+                    f"known in [{section}]: {', '.join(allowed)}"
+                )
+
+
+def load_settings(
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> LoadedSettings:
+    """Layer defaults < TOML file < environment < flags into one frozen Settings."""
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    explicit = config_path is not None or "KALLM_CONFIG" in environ
+    path = config_path or Path(environ.get("KALLM_CONFIG", default_config_path()))
+    if explicit and not path.exists():
+        raise ConfigError(f"config file {path}: does not exist")
+    document = read_toml(path) if path.exists() else {}
+    if document:
+        _check_unknown_keys(document, path)
+
+    values: dict[str, Any] = {}
+    sources = {spec.field: "default" for spec in SPECS}
+    for spec in SPECS:
+        raw = _lookup(document, spec.toml_key)
+        if raw is not None:
+            values[spec.field] = _parse(spec, raw, f"{spec.toml_key} in {path}")
+            sources[spec.field] = f"file {path}"
+        for name in spec.env:
+            if environ.get(name, "") != "":
+                values[spec.field] = _parse(spec, environ[name], name)
+                sources[spec.field] = f"env {name}"
+                break
+        if spec.field in flags:
+            flag = "--" + spec.field.replace("_", "-")
+            values[spec.field] = _parse(spec, flags[spec.field], flag)
+            sources[spec.field] = "flag"
+    return LoadedSettings(Settings(**values), sources, path if path.exists() else None)

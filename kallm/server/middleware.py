@@ -1,0 +1,56 @@
+"""Middleware every request passes: request id, OpenAI-shaped errors, the access log line."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from kallm.errors import KallmError, PayloadTooLarge
+from kallm.server.log import emit, start_request_log
+
+log = logging.getLogger("kallm.server")
+
+
+def error_response(error: KallmError) -> web.Response:
+    return web.json_response(error.to_body(), status=error.status)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id and a log line; turn every failure into OpenAI's error JSON."""
+    request_id = request.headers.get("X-Request-Id") or secrets.token_hex(8)
+    record = start_request_log(request, request_id)
+    try:
+        response = await handler(request)
+    except KallmError as exc:
+        response = error_response(exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        limit = request.app._client_max_size
+        response = error_response(PayloadTooLarge(f"request body over the {limit}-byte limit "
+                                                  f"({exc.actual_size} bytes)"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(_http_error(exc))
+    except ConnectionResetError:
+        record.status, record.note = 499, "client disconnected"
+        emit(record)
+        raise
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        response = error_response(KallmError("internal error in kallm; see the server log"))
+    response.headers.setdefault("X-Request-Id", request_id)
+    record.status = response.status
+    emit(record)
+    return response
+
+
+def _http_error(exc: web.HTTPException) -> KallmError:
+    """aiohttp's own 404/405/... in OpenAI's shape."""
+    error = KallmError(f"{exc.reason}")
+    error.status = exc.status
+    error.type = "invalid_request_error" if exc.status < 500 else "server_error"
+    return error

@@ -1,0 +1,87 @@
+"""Fixtures: a fake upstream and a kallm proxy in front of it, both real servers on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from kallm.config import Settings
+from kallm.embed import local_embedder
+from tests.harness import Http, LoopThread, Proxy, Upstream, start_proxy, start_upstream, stop
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture(scope="session")
+def local_model() -> Any:
+    """The built-in embedder, loaded once for the whole run."""
+    return local_embedder("local")
+
+
+@pytest.fixture
+def upstream(loop_thread: LoopThread) -> Iterator[Upstream]:
+    server = start_upstream(loop_thread)
+    yield server
+    stop(loop_thread, server.runner)
+
+
+@pytest.fixture
+def proxy_settings(upstream: Upstream, tmp_path: Path) -> Settings:
+    return Settings(
+        upstream_base_url=upstream.url,
+        upstream_api_key="sk-test-upstream",
+        cache_file=tmp_path / "cache.kallm",
+        snapshot_interval=0,
+        upstream_timeout=5.0,
+    )
+
+
+@pytest.fixture
+def make_proxy(
+    loop_thread: LoopThread, proxy_settings: Settings, local_model: Any
+) -> Iterator[Callable[..., Proxy]]:
+    """Start kallm with settings overrides; every proxy started is stopped after the test."""
+    started: list[Proxy] = []
+
+    def make(**overrides: Any) -> Proxy:
+        embedder = overrides.pop("embedder", None)
+        settings = proxy_settings.with_overrides(**overrides)
+        if embedder is None and settings.embedding_model == "local":
+            embedder = local_model
+        proxy = start_proxy(loop_thread, settings, embedder=embedder)
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        if proxy.runner.server is not None:
+            stop(loop_thread, proxy.runner)
+
+
+@pytest.fixture
+def proxy(make_proxy: Callable[..., Proxy]) -> Proxy:
+    return make_proxy()
+
+
+@pytest.fixture
+def client(proxy: Proxy) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.url, api_key="sk-client", max_retries=0)
+
+
+@pytest.fixture
+def aclient(proxy: Proxy) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=proxy.url, api_key="sk-client", max_retries=0)
+
+
+@pytest.fixture
+def http(proxy: Proxy) -> Http:
+    return Http(proxy.root)

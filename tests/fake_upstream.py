@@ -1,0 +1,905 @@
+"""A fake OpenAI upstream that the test-suite owns.
+
+kallm is a proxy, so most of its tests need something on the other side that
+behaves like OpenAI: the same JSON shapes, the same SSE framing, the same error
+envelope, and the same failure modes (errors, stalls, streams cut mid-way).
+Talking to the real API would be slow, flaky and costly, and it cannot be told
+to misbehave on cue. This module serves just enough of the API that both the
+real ``openai`` SDK and kallm's proxy accept it, with plain attributes a test
+sets between requests to steer it and records of every request to assert on.
+
+Run it standalone (for benchmarks) with::
+
+    python -m tests.fake_upstream --port 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import contextlib
+import functools
+import hashlib
+import itertools
+import json
+import math
+import random
+import re
+import struct
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+EMBEDDINGS_PATH = "/v1/embeddings"
+MODELS_PATH = "/v1/models"
+
+EMBEDDING_DIM = 64
+MODELS: tuple[str, ...] = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "gpt-3.5-turbo-instruct",
+    "text-embedding-3-small",
+)
+_MODEL_CREATED = 1_700_000_000
+_FINGERPRINT = "fp_fake"
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+}
+
+# What OpenAI says for the statuses tests inject most; anything else gets a generic text.
+_FAILURE_TEXT: dict[int, tuple[str, str, str | None]] = {
+    400: ("Invalid request (injected by the fake upstream).", "invalid_request_error", None),
+    401: (
+        "Incorrect API key provided. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        "invalid_request_error",
+        "invalid_api_key",
+    ),
+    403: ("You are not allowed to sample from this model.", "invalid_request_error", None),
+    404: (
+        "The model does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+    ),
+    429: (
+        "Rate limit reached for requests. Please try again later.",
+        "requests",
+        "rate_limit_exceeded",
+    ),
+    500: (
+        "The server had an error while processing your request. Sorry about that!",
+        "server_error",
+        None,
+    ),
+    502: ("Bad gateway.", "server_error", None),
+    503: ("The engine is currently overloaded, please try again later.", "server_error", None),
+}
+
+
+class UpstreamError(Exception):
+    """An OpenAI-shaped error; raising it anywhere in a handler becomes the response."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        """The ``{"error": {...}}`` envelope the SDK parses into its exception."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class Headers(dict[str, str]):
+    """Request headers as a plain dict, but case-insensitive like HTTP.
+
+    Keys are stored lower-cased; lookups fold case, so ``headers["Authorization"]``
+    and ``headers["authorization"]`` both work whatever the client sent.
+    """
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__((key.lower(), value) for key, value in items)
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(key.lower(), default)
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the fake received it, so tests can assert what the proxy forwarded."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: Headers
+    json: Any | None
+    body: bytes
+
+
+@dataclass
+class _Turn:
+    """What the fake "model" decided to say for one choice."""
+
+    content: str | None
+    finish_reason: str
+    tool_call: dict[str, Any] | None = None
+
+    @property
+    def tokens(self) -> int:
+        if self.tool_call is not None:
+            return count_tokens(self.tool_call["function"]["arguments"])
+        return count_tokens(self.content or "")
+
+
+Handler = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
+
+
+class FakeUpstream:
+    """Owns an aiohttp app; state is plain attributes so tests can steer it.
+
+    Steering (all off by default; ``reset()`` turns them off again):
+
+    - ``fail_status``: chat, completions and embeddings answer with this status
+      and OpenAI's error JSON (models are never failed, so health checks work).
+    - ``fail_times``: only the next N of those calls fail, then it counts down
+      to 0 and the fake behaves; without ``fail_status`` the failures are 500s.
+    - ``fail_message``: replaces the OpenAI-like error text for the status.
+    - ``retry_after_ms``: sent as ``retry-after-ms`` on errors; 1 makes the
+      SDK's own retries near-instant.
+    - ``stall_seconds``: sleep before the response headers (any endpoint).
+    - ``cut_stream_after``: SSE answers send N chunks, then drop the socket,
+      never reaching finish_reason, usage or ``[DONE]``.
+    - ``chunk_delay``: sleep between SSE chunks.
+    - ``reply``: fixed content instead of ``f"Answer to: {last user text}"``.
+
+    Choice ``i > 0`` of an ``n > 1`` request gets `` [i]`` appended so tests can
+    tell the choices apart.
+    """
+
+    def __init__(self) -> None:
+        self.app = web.Application()
+        # One catch-all route: every request is recorded before routing, and
+        # unknown paths still get OpenAI's 404 envelope rather than aiohttp's.
+        self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self.app.on_startup.append(self._on_startup)
+        self.app.on_shutdown.append(self._on_shutdown)
+        self._routes: dict[tuple[str, str], Handler] = {
+            ("POST", CHAT_PATH): self._chat,
+            ("POST", COMPLETIONS_PATH): self._completions,
+            ("POST", EMBEDDINGS_PATH): self._embeddings,
+            ("GET", MODELS_PATH): self._models,
+        }
+        # Set on shutdown so stalls and chunk delays end at once instead of
+        # holding runner.cleanup() hostage.
+        self._closing = asyncio.Event()
+        self.base_url: str | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Clear steering and observation, so one fake can serve many tests."""
+        self.fail_status: int | None = None
+        self.fail_times: int | None = None
+        self.fail_message: str | None = None
+        self.retry_after_ms: int | None = None
+        self.stall_seconds: float = 0.0
+        self.cut_stream_after: int | None = None
+        self.chunk_delay: float = 0.0
+        self.reply: str | None = None
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.requests: list[RecordedRequest] = []
+
+    @property
+    def chat_calls(self) -> int:
+        """Requests that reached ``/v1/chat/completions`` (failed ones included)."""
+        return self.calls[CHAT_PATH]
+
+    @property
+    def embedding_calls(self) -> int:
+        """Requests that reached ``/v1/embeddings`` (failed ones included)."""
+        return self.calls[EMBEDDINGS_PATH]
+
+    # -- plumbing -------------------------------------------------------------
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        self._closing.clear()
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        self._closing.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake early when the server shuts down."""
+        if seconds > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), seconds)
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        parsed = _parse_json(raw)
+        self.calls[request.path] += 1
+        self.requests.append(
+            RecordedRequest(
+                method=request.method,
+                path=request.path,
+                query=dict(request.query),
+                headers=Headers(request.headers.items()),
+                json=parsed,
+                body=raw,
+            )
+        )
+        try:
+            await self._pause(self.stall_seconds)
+            handler = self._route(request)
+            response = await handler(request, parsed)
+        except UpstreamError as err:
+            headers = _response_headers()
+            if self.retry_after_ms is not None:
+                headers["retry-after-ms"] = str(self.retry_after_ms)
+            return web.json_response(err.body(), status=err.status, headers=headers)
+        if not response.prepared:
+            response.headers.update(_response_headers())
+        return response
+
+    def _route(self, request: web.Request) -> Handler:
+        handler = self._routes.get((request.method, request.path))
+        if handler is not None:
+            return handler
+        if request.method == "GET" and request.path.startswith(MODELS_PATH + "/"):
+            return self._model
+        raise UpstreamError(404, f"Invalid URL ({request.method} {request.path})")
+
+    def _maybe_fail(self) -> None:
+        """Raise the injected failure, if one is armed, counting down ``fail_times``."""
+        if self.fail_status is None and self.fail_times is None:
+            return
+        if self.fail_times is not None:
+            if self.fail_times <= 0:
+                return
+            self.fail_times -= 1
+        status = self.fail_status if self.fail_status is not None else 500
+        message, type_, code = _FAILURE_TEXT.get(
+            status,
+            (
+                f"Injected failure (HTTP {status}).",
+                "server_error" if status >= 500 else "invalid_request_error",
+                None,
+            ),
+        )
+        raise UpstreamError(status, self.fail_message or message, type_=type_, code=code)
+
+    # -- endpoints --------------------------------------------------------------
+
+    async def _chat(self, request: web.Request, body: Any) -> web.StreamResponse:
+        self._maybe_fail()
+        body = _require_object(body)
+        model = _require_model(body)
+        messages = _require_messages(body)
+        n = _int_param(body, "n", default=1, low=1, high=128)
+        limit = _max_tokens(body)
+        tools = _require_tools(body)
+        turns = [
+            self._chat_turn(messages, tools, body.get("tool_choice"), i, limit) for i in range(n)
+        ]
+        prompt_tokens = sum(count_tokens(_text_of(m)) for m in messages)
+        usage = _usage(prompt_tokens, sum(t.tokens for t in turns))
+        base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": _FINGERPRINT,
+            "service_tier": "default",
+        }
+        if body.get("stream") is True:
+            chunks = _chat_chunks(base, turns, usage, _include_usage(body))
+            return await self._sse(request, chunks)
+        choices = [
+            {
+                "index": i,
+                "message": _assistant_message(turn),
+                "logprobs": None,
+                "finish_reason": turn.finish_reason,
+            }
+            for i, turn in enumerate(turns)
+        ]
+        return web.json_response(
+            {**base, "object": "chat.completion", "choices": choices, "usage": usage}
+        )
+
+    def _chat_turn(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        tool_choice: Any,
+        index: int,
+        limit: int | None,
+    ) -> _Turn:
+        """Decide one choice: a tool call when asked about weather, else a text answer."""
+        last = messages[-1]
+        tool_name = _pick_tool(tools, tool_choice, last)
+        if tool_name is not None:
+            return _Turn(None, "tool_calls", _tool_call(tool_name, _text_of(last)))
+        if self.reply is not None:
+            content = self.reply
+        elif last.get("role") == "tool":
+            content = f"The tool said: {_text_of(last)}"
+        else:
+            content = f"Answer to: {_last_user_text(messages)}"
+        if index:
+            content = f"{content} [{index}]"
+        return _truncate(content, limit)
+
+    async def _completions(self, request: web.Request, body: Any) -> web.StreamResponse:
+        """Legacy ``/v1/completions``: the one streamed endpoint that is not chat."""
+        self._maybe_fail()
+        body = _require_object(body)
+        model = _require_model(body)
+        prompts = _require_prompts(body)
+        n = _int_param(body, "n", default=1, low=1, high=128)
+        limit = _max_tokens(body)
+        turns = [
+            _truncate(self.reply if self.reply is not None else f"Answer to: {prompt}", limit)
+            for prompt in prompts
+            for _ in range(n)
+        ]
+        usage = _usage(sum(count_tokens(p) for p in prompts), sum(t.tokens for t in turns))
+        base = {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": _FINGERPRINT,
+        }
+        if body.get("stream") is True:
+            chunks = _completion_chunks(base, turns, usage, _include_usage(body))
+            return await self._sse(request, chunks)
+        choices = [
+            {"text": t.content, "index": i, "logprobs": None, "finish_reason": t.finish_reason}
+            for i, t in enumerate(turns)
+        ]
+        return web.json_response({**base, "choices": choices, "usage": usage})
+
+    async def _embeddings(self, _request: web.Request, body: Any) -> web.StreamResponse:
+        self._maybe_fail()
+        body = _require_object(body)
+        model = _require_model(body)
+        texts = _require_inputs(body)
+        dim = _int_param(body, "dimensions", default=EMBEDDING_DIM, low=1, high=4096)
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise UpstreamError(
+                400,
+                f"Invalid value for 'encoding_format': {encoding!r}. "
+                "Supported values are: 'float' and 'base64'.",
+                param="encoding_format",
+                code="invalid_value",
+            )
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": _encode(fake_embedding(t, dim), encoding),
+            }
+            for i, t in enumerate(texts)
+        ]
+        tokens = sum(count_tokens(t) for t in texts)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    async def _models(self, _request: web.Request, _body: Any) -> web.StreamResponse:
+        return web.json_response({"object": "list", "data": [_model_object(m) for m in MODELS]})
+
+    async def _model(self, request: web.Request, _body: Any) -> web.StreamResponse:
+        model = request.path[len(MODELS_PATH) + 1 :]
+        if model not in MODELS:
+            raise UpstreamError(
+                404,
+                f"The model '{model}' does not exist",
+                param="model",
+                code="model_not_found",
+            )
+        return web.json_response(_model_object(model))
+
+    async def _sse(
+        self, request: web.Request, chunks: Iterator[tuple[dict[str, Any], bool]]
+    ) -> web.StreamResponse:
+        """Write ``data:`` events, then ``[DONE]``; or cut the connection when told to.
+
+        ``chunks`` yields ``(payload, terminal)``; terminal chunks (finish_reason,
+        usage) are never sent once ``cut_stream_after`` is set, so a cut stream
+        always looks unfinished to the client.
+        """
+        response = web.StreamResponse(headers={**_SSE_HEADERS, **_response_headers()})
+        await response.prepare(request)
+        sent = 0
+        try:
+            for payload, terminal in chunks:
+                cut = self.cut_stream_after
+                if cut is not None and (sent >= cut or terminal):
+                    _drop_connection(request)
+                    return response
+                if sent:
+                    await self._pause(self.chunk_delay)
+                await response.write(_sse_event(json.dumps(payload)))
+                sent += 1
+            if self.cut_stream_after is not None:
+                _drop_connection(request)
+                return response
+            await response.write(_sse_event("[DONE]"))
+        except ConnectionError:
+            pass  # the client went away mid-stream; nothing left to tell it
+        return response
+
+
+async def start_fake_upstream(
+    host: str = "127.0.0.1", port: int = 0
+) -> tuple[FakeUpstream, web.AppRunner, str]:
+    """Start on ``port`` (0: one the OS picks); return (fake, runner, base_url ending in /v1).
+
+    Call ``await runner.cleanup()`` to stop it; pending stalls end immediately.
+    """
+    fake = FakeUpstream()
+    runner = web.AppRunner(fake.app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_host, bound_port = runner.addresses[0][:2]
+    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    fake.base_url = f"http://{url_host}:{bound_port}/v1"
+    return fake, runner, fake.base_url
+
+
+# -- the fake "model" -------------------------------------------------------------
+
+
+def count_tokens(text: str) -> int:
+    """Whitespace words: crude, but deterministic and good enough for usage maths."""
+    return len(text.split())
+
+
+def fake_embedding(text: str, dim: int = EMBEDDING_DIM) -> list[float]:
+    """A deterministic unit vector: the normalised sum of one random vector per word.
+
+    Summing per-word vectors (rather than hashing the whole text) keeps the
+    fake useful for a *semantic* cache: texts sharing most words have a high
+    cosine, case and punctuation are ignored, unrelated texts land near zero.
+    """
+    words = re.findall(r"\w+", text.lower()) or [text]
+    acc = [0.0] * dim
+    for word in words:
+        for i, value in enumerate(_word_vector(word, dim)):
+            acc[i] += value
+    norm = math.sqrt(sum(x * x for x in acc)) or 1.0
+    return [x / norm for x in acc]
+
+
+@functools.lru_cache(maxsize=65536)
+def _word_vector(word: str, dim: int) -> tuple[float, ...]:
+    rng = random.Random(hashlib.sha256(word.encode()).digest())
+    return tuple(rng.gauss(0.0, 1.0) for _ in range(dim))
+
+
+def _encode(vector: list[float], encoding: str) -> list[float] | str:
+    """Floats as-is, or base64 of little-endian float32 as OpenAI does."""
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
+def _truncate(content: str, limit: int | None) -> _Turn:
+    """Honour max_tokens loosely: keep the first ``limit`` words, report ``length``."""
+    words = content.split()
+    if limit is not None and len(words) > limit:
+        return _Turn(" ".join(words[:limit]), "length")
+    return _Turn(content, "stop")
+
+
+def _pick_tool(tools: list[dict[str, Any]], tool_choice: Any, last: dict[str, Any]) -> str | None:
+    """Name of the tool to call, or None to answer in text.
+
+    Like a model: only a user turn triggers a call (a tool result gets a text
+    answer), "weather" triggers it, and tool_choice can force or forbid it.
+    """
+    if not tools or tool_choice == "none" or last.get("role") != "user":
+        return None
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+        if isinstance(name, str):
+            return name
+    if tool_choice == "required" or re.search(r"\bweather\b", _text_of(last), re.IGNORECASE):
+        return str(tools[0]["function"]["name"])
+    return None
+
+
+def _tool_call(name: str, text: str) -> dict[str, Any]:
+    match = re.search(r"\bin\s+([^?.!,;]+)", text, re.IGNORECASE)
+    location = match.group(1).strip() if match else "unknown"
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps({"location": location})},
+    }
+
+
+def _assistant_message(turn: _Turn) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": turn.content,
+        "refusal": None,
+        "annotations": [],
+    }
+    if turn.tool_call is not None:
+        message["tool_calls"] = [turn.tool_call]
+    return message
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def _model_object(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": _MODEL_CREATED, "owned_by": "fake-upstream"}
+
+
+# -- SSE framing ------------------------------------------------------------------
+
+
+def _response_headers() -> dict[str, str]:
+    """Headers OpenAI sends on every answer; the SDK exposes x-request-id to callers."""
+    return {"x-request-id": f"req_{uuid.uuid4().hex}", "openai-processing-ms": "1"}
+
+
+def _sse_event(data: str) -> bytes:
+    return f"data: {data}\n\n".encode()
+
+
+def _drop_connection(request: web.Request) -> None:
+    """Close the socket after flushing what was written: the client sees a truncated body."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+def _pieces(text: str) -> list[str]:
+    """Split into word-sized pieces (leading spaces kept) that join back exactly."""
+    pieces = re.findall(r"\s*\S+", text)
+    if not pieces:
+        return [text] if text else []
+    pieces[-1] += text[len("".join(pieces)) :]
+    return pieces
+
+
+def _chat_deltas(turn: _Turn) -> list[tuple[dict[str, Any], str | None]]:
+    """The (delta, finish_reason) sequence OpenAI streams for one choice."""
+    if turn.tool_call is not None:
+        call = turn.tool_call
+        arguments = call["function"]["arguments"]
+        head = {
+            "index": 0,
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": ""},
+        }
+        steps: list[tuple[dict[str, Any], str | None]] = [
+            ({"role": "assistant", "content": None, "refusal": None}, None),
+            ({"tool_calls": [head]}, None),
+        ]
+        steps += [
+            ({"tool_calls": [{"index": 0, "function": {"arguments": arguments[i : i + 8]}}]}, None)
+            for i in range(0, len(arguments), 8)
+        ]
+    else:
+        steps = [({"role": "assistant", "content": "", "refusal": None}, None)]
+        steps += [({"content": piece}, None) for piece in _pieces(turn.content or "")]
+    steps.append(({}, turn.finish_reason))
+    return steps
+
+
+def _chat_chunks(
+    base: dict[str, Any], turns: list[_Turn], usage: dict[str, Any], include_usage: bool
+) -> Iterator[tuple[dict[str, Any], bool]]:
+    """chat.completion.chunk payloads, choices interleaved as OpenAI does for n > 1."""
+    head = {**base, "object": "chat.completion.chunk"}
+    if include_usage:
+        head["usage"] = None
+    per_choice = [_chat_deltas(turn) for turn in turns]
+    for step in itertools.zip_longest(*per_choice):
+        for index, item in enumerate(step):
+            if item is None:
+                continue
+            delta, finish = item
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            yield {**head, "choices": [choice]}, finish is not None
+    if include_usage:
+        yield {**head, "choices": [], "usage": usage}, True
+
+
+def _completion_chunks(
+    base: dict[str, Any], turns: list[_Turn], usage: dict[str, Any], include_usage: bool
+) -> Iterator[tuple[dict[str, Any], bool]]:
+    """text_completion payloads for the legacy endpoint's stream."""
+    head = {**base, "usage": None} if include_usage else base
+    per_choice = [
+        [(piece, None) for piece in _pieces(t.content or "")] + [("", t.finish_reason)]
+        for t in turns
+    ]
+    for step in itertools.zip_longest(*per_choice):
+        for index, item in enumerate(step):
+            if item is None:
+                continue
+            text, finish = item
+            choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+            yield {**head, "choices": [choice]}, finish is not None
+    if include_usage:
+        yield {**head, "choices": [], "usage": usage}, True
+
+
+# -- request validation (messages mirror OpenAI's wording) ------------------------------
+
+
+def _parse_json(raw: bytes) -> Any | None:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _require_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise UpstreamError(
+            400,
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
+        )
+    return body
+
+
+def _require_model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise UpstreamError(400, "you must provide a model parameter")
+    if not isinstance(model, str):
+        raise UpstreamError(
+            400, _type_message("model", "a string", model), param="model", code="invalid_type"
+        )
+    return model
+
+
+def _require_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = body.get("messages")
+    if messages is None:
+        raise UpstreamError(
+            400,
+            "Missing required parameter: 'messages'.",
+            param="messages",
+            code="missing_required_parameter",
+        )
+    if not isinstance(messages, list):
+        raise UpstreamError(
+            400,
+            _type_message("messages", "an array", messages),
+            param="messages",
+            code="invalid_type",
+        )
+    if not messages:
+        raise UpstreamError(
+            400,
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+            "but got an empty array instead.",
+            param="messages",
+            code="empty_array",
+        )
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise UpstreamError(
+                400,
+                f"Missing required parameter: 'messages[{i}].role'.",
+                param=f"messages[{i}].role",
+                code="missing_required_parameter",
+            )
+    return messages
+
+
+def _require_tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+    tools = body.get("tools") or []
+    if not isinstance(tools, list):
+        raise UpstreamError(
+            400, _type_message("tools", "an array", tools), param="tools", code="invalid_type"
+        )
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise UpstreamError(
+                400,
+                f"Missing required parameter: 'tools[{i}].function.name'.",
+                param=f"tools[{i}].function.name",
+                code="missing_required_parameter",
+            )
+    return tools
+
+
+def _require_prompts(body: dict[str, Any]) -> list[str]:
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return prompt
+    raise UpstreamError(
+        400,
+        _type_message("prompt", "a string or array of strings", prompt),
+        param="prompt",
+        code="invalid_type",
+    )
+
+
+def _require_inputs(body: dict[str, Any]) -> list[str]:
+    """Embedding input: a string, a list of strings, or token arrays (taken as text)."""
+    raw = body.get("input")
+    if raw is None:
+        raise UpstreamError(
+            400,
+            "Missing required parameter: 'input'.",
+            param="input",
+            code="missing_required_parameter",
+        )
+    items = [raw] if isinstance(raw, str) or _is_tokens(raw) else raw
+    if not isinstance(items, list) or not items:
+        raise UpstreamError(
+            400, "'$.input' is invalid. Please check the API reference.", param="input"
+        )
+    texts = []
+    for item in items:
+        if isinstance(item, str) and item:
+            texts.append(item)
+        elif _is_tokens(item):
+            texts.append(" ".join(str(token) for token in item))
+        else:
+            raise UpstreamError(
+                400, "'$.input' is invalid. Please check the API reference.", param="input"
+            )
+    return texts
+
+
+def _is_tokens(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, int) for v in value)
+
+
+def _int_param(body: dict[str, Any], name: str, *, default: int, low: int, high: int) -> int:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UpstreamError(
+            400, _type_message(name, "an integer", value), param=name, code="invalid_type"
+        )
+    if not low <= value <= high:
+        raise UpstreamError(
+            400,
+            f"Invalid '{name}': integer out of range [{low}, {high}] (got {value}).",
+            param=name,
+            code="integer_out_of_range",
+        )
+    return value
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    """``max_completion_tokens`` wins over the older ``max_tokens``, as in OpenAI."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        if body.get(name) is not None:
+            return _int_param(body, name, default=0, low=1, high=1_000_000)
+    return None
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _type_message(name: str, expected: str, value: Any) -> str:
+    got = {str: "a string", list: "an array", dict: "an object", bool: "a boolean"}.get(
+        type(value), f"a {type(value).__name__}"
+    )
+    return f"Invalid type for '{name}': expected {expected}, but got {got} instead."
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    """Message content as text: a string, or the text parts of a content array."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return _text_of(message)
+    return _text_of(messages[-1])
+
+
+# -- standalone ------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    fake, runner, url = await start_fake_upstream(args.host, args.port)
+    fake.stall_seconds = args.stall_seconds
+    fake.chunk_delay = args.chunk_delay
+    fake.reply = args.reply
+    print(url, flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until interrupted; print the base URL first so scripts can read it."""
+    parser = argparse.ArgumentParser(
+        description="Fake OpenAI upstream for kallm tests and benchmarks."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 lets the OS pick")
+    parser.add_argument("--stall-seconds", type=float, default=0.0)
+    parser.add_argument("--chunk-delay", type=float, default=0.0)
+    parser.add_argument("--reply", default=None)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()
