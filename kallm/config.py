@@ -270,8 +270,9 @@ def load_settings(
     """Layer defaults < TOML file < environment < flags into one frozen Settings."""
     environ = os.environ if environ is None else environ
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    explicit = config_path is not None or "KALLM_CONFIG" in environ
-    path = config_path or Path(environ.get("KALLM_CONFIG", default_config_path()))
+    from_env = environ.get("KALLM_CONFIG", "").strip()
+    explicit = config_path is not None or bool(from_env)
+    path = config_path or (Path(from_env).expanduser() if from_env else default_config_path())
     if explicit and not path.exists():
         raise ConfigError(f"config file {path}: does not exist")
     document = read_toml(path) if path.exists() else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,16 @@ import pytest
 from kallm.config import Settings
 from kallm.embed import local_embedder
 from tests.harness import Http, LoopThread, Proxy, Upstream, start_proxy, start_upstream, stop
+
+
+@pytest.fixture(autouse=True)
+def hermetic_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the developer's own kallm.toml, cache file or KALLM_*/OPENAI_* variables."""
+    for name in list(os.environ):
+        if name.startswith(("KALLM_", "OPENAI_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
 
 
 @pytest.fixture(scope="session")

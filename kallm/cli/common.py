@@ -28,6 +28,6 @@ def settings_from(config: Path | None, **flags: Any) -> LoadedSettings:
 
 
 CONFIG_OPTION = typer.Option(
-    None, "--config", "-c", help="Path to kallm.toml (default: the user config dir).",
-    envvar="KALLM_CONFIG", show_envvar=True,
+    None, "--config", "-c",
+    help="Path to kallm.toml (env KALLM_CONFIG; default: kallm.toml in the user config dir).",
 )

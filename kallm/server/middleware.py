@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from kallm.errors import KallmError, PayloadTooLarge
+from kallm.server.app import RUNTIME
 from kallm.server.log import emit, start_request_log
 
 log = logging.getLogger("kallm.server")
@@ -27,10 +28,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = await handler(request)
     except KallmError as exc:
         response = error_response(exc)
-    except web.HTTPRequestEntityTooLarge as exc:
-        limit = request.app._client_max_size
-        response = error_response(PayloadTooLarge(f"request body over the {limit}-byte limit "
-                                                  f"({exc.actual_size} bytes)"))
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[RUNTIME].settings.max_body_bytes
+        response = error_response(PayloadTooLarge(
+            f"request body is over the {limit:,}-byte limit (server.max_body_size)"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
