@@ -120,7 +120,7 @@ class SemanticCache:
         """Remember a complete answer under the lookup's key (vector reused from the lookup)."""
         key = lookup.key
         if not lookup.embedded and key.text is not None:
-            lookup.vector = await self._embed(key.text)
+            lookup.vector, lookup.embedded = await self._embed(key.text), True
         now = self._clock()
         entry = Entry(key.scope, key.exact, key.text, lookup.vector, response, now,
                       now + self.ttl, cost_usd, tokens)
