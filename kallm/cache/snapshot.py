@@ -72,24 +72,24 @@ def decode(data: bytes, embedder: str) -> Snapshot:
     """Parse a snapshot; raise SnapshotMismatch or SnapshotError when it cannot be used."""
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
         raise SnapshotError("not a kallm snapshot")
-    body, (crc,) = data[:-4], _U32.unpack(data[-4:])
-    if zlib.crc32(body) != crc:
+    view = memoryview(data)[:-4]
+    if zlib.crc32(view) != _U32.unpack_from(data, len(data) - 4)[0]:
         raise SnapshotError("checksum mismatch (truncated or corrupt)")
     try:
-        return _decode_body(memoryview(body), embedder)
+        return _decode_body(data, len(view), embedder)
     except SnapshotMismatch:
         raise
     except (ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
         raise SnapshotError(f"unreadable ({exc})") from None
 
 
-def _decode_body(body: memoryview, embedder: str) -> Snapshot:
+def _decode_body(data: bytes, end: int, embedder: str) -> Snapshot:
     pos = len(MAGIC)
     blobs = []
     for _ in range(2):
-        (length,) = _U64.unpack_from(body, pos)
+        (length,) = _U64.unpack_from(data, pos)
         pos += 8
-        blobs.append(json.loads(bytes(body[pos : pos + length])))
+        blobs.append(json.loads(data[pos : pos + length]))
         pos += length
     header, meta = blobs
     if header.get("format") != FORMAT_VERSION:
@@ -97,24 +97,22 @@ def _decode_body(body: memoryview, embedder: str) -> Snapshot:
     if header["embedder"] != embedder:
         raise SnapshotMismatch(f"made by embedder {header['embedder']!r}, running {embedder!r}")
     count, dim = header["count"], header["dim"]
-    offsets = np.frombuffer(body, dtype="<u8", count=count + 1, offset=pos).astype(np.int64)
+    offsets = np.frombuffer(data, dtype="<u8", count=count + 1, offset=pos)
     pos += 8 * (count + 1)
-    blob = bytes(body[pos : pos + int(offsets[-1])])
-    pos += int(offsets[-1])
+    starts = (offsets + pos).tolist()  # plain ints: numpy scalars make slicing slow
+    pos = starts[-1]
     rows = sum(1 for m in meta if m[8])
-    matrix = np.frombuffer(body, dtype="<f4", count=rows * dim, offset=pos).reshape(rows, dim)
-    if pos + matrix.nbytes != len(body) or len(meta) != count:
+    # one copy, so entries do not pin the whole file in memory
+    matrix = np.frombuffer(data, dtype="<f4", count=rows * dim, offset=pos).reshape(rows, dim).copy()
+    if pos + matrix.nbytes != end or len(meta) != count:
         raise SnapshotError("sections do not add up")
-    matrix = matrix.astype(np.float32)  # own the memory, not the file buffer
     entries, row = [], 0
     for i, (scope, exact, text, created, expires, cost, tokens, hits, has_vec) in enumerate(meta):
         vector = None
         if has_vec:
             vector, row = matrix[row], row + 1
-        entries.append(
-            Entry(scope, exact, text, vector, blob[offsets[i] : offsets[i + 1]], created, expires,
-                  cost, tokens, hits)
-        )
+        entries.append(Entry(scope, exact, text, vector, data[starts[i] : starts[i + 1]],
+                             created, expires, cost, tokens, hits))
     return Snapshot(header["embedder"], dim, entries)
 
 
