@@ -77,7 +77,7 @@ def test_bad_values_name_setting_value_and_allowed(name: str, value: str, allowe
 
 def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:
     config = write(tmp_path / "kallm.toml", "[cache]\nthreshhold = 0.9\n")
-    with pytest.raises(ConfigError, match="unknown setting cache.threshhold"):
+    with pytest.raises(ConfigError, match=r"unknown setting cache\.threshhold"):
         load_settings(config, environ={})
 
 

@@ -1,4 +1,4 @@
-"""Every error kallm produces is OpenAI's error JSON with the right status; nothing bad is stored."""
+"""Every error kallm produces is OpenAI's error JSON with the right status; none is stored."""
 
 from __future__ import annotations
 
@@ -33,11 +33,20 @@ def assert_openai_error(reply: Any, status: int, param: str | None = None) -> di
         ({"model": MODEL}, "messages"),
         ({"model": MODEL, "messages": []}, "messages"),
         ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": "yes"},
-         "stream"),
+        (
+            {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": "yes"},
+            "stream",
+        ),
     ],
-    ids=["malformed", "not-object", "no-model", "no-messages", "empty-messages", "bad-role",
-         "bad-stream"],
+    ids=[
+        "malformed",
+        "not-object",
+        "no-model",
+        "no-messages",
+        "empty-messages",
+        "bad-role",
+        "bad-stream",
+    ],
 )
 def test_bad_requests_are_400_naming_the_field(http: Http, body: Any, param: str | None) -> None:
     assert_openai_error(http.post(CHAT, body), 400, param)
@@ -50,8 +59,11 @@ def test_sdk_shows_kallm_errors(client: openai.OpenAI) -> None:
 
 
 def test_bad_threshold_header_is_400(http: Http) -> None:
-    reply = http.post(CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
-                      headers={"X-Kallm-Threshold": "1.5"})
+    reply = http.post(
+        CHAT,
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+        headers={"X-Kallm-Threshold": "1.5"},
+    )
     assert_openai_error(reply, 400, "X-Kallm-Threshold")
 
 
@@ -63,15 +75,17 @@ def test_body_over_limit_is_413(make_proxy: Any) -> None:
 
 def test_no_key_anywhere_is_401(make_proxy: Any, upstream: Upstream) -> None:
     proxy: Proxy = make_proxy(upstream_api_key=None)
-    reply = Http(proxy.root).post(CHAT, {"model": MODEL,
-                                         "messages": [{"role": "user", "content": "x"}]})
+    reply = Http(proxy.root).post(
+        CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+    )
     error = assert_openai_error(reply, 401)
     assert "OPENAI_API_KEY" in error["message"]
     assert upstream.fake.chat_calls == 0
 
 
-def test_client_key_is_forwarded_else_configured_key(client: openai.OpenAI, http: Http,
-                                                      upstream: Upstream) -> None:
+def test_client_key_is_forwarded_else_configured_key(
+    client: openai.OpenAI, http: Http, upstream: Upstream
+) -> None:
     ask(client, "first question")
     assert upstream.fake.requests[-1].headers["authorization"] == "Bearer sk-client"
     http.post(CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "second one"}]})
@@ -89,8 +103,9 @@ def test_upstream_500_is_relayed_and_not_stored(client: openai.OpenAI, upstream:
 def test_upstream_timeout_is_504(make_proxy: Any, upstream: Upstream) -> None:
     proxy: Proxy = make_proxy(upstream_timeout=0.3)
     upstream.fake.stall_seconds = 2
-    reply = Http(proxy.root).post(CHAT, {"model": MODEL,
-                                         "messages": [{"role": "user", "content": "slow"}]})
+    reply = Http(proxy.root).post(
+        CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "slow"}]}
+    )
     assert_openai_error(reply, 504)
     upstream.fake.stall_seconds = 0
     assert Http(proxy.root).get("/stats").json()["total_entries"] == 0
@@ -114,9 +129,13 @@ def test_upstream_refused_is_502(make_proxy: Any) -> None:
 def test_cut_stream_is_not_stored(client: openai.OpenAI, upstream: Upstream, http: Http) -> None:
     upstream.fake.cut_stream_after = 2
     with pytest.raises(openai.APIError):
-        list(client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "a long story please"}],
-            stream=True))
+        list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "a long story please"}],
+                stream=True,
+            )
+        )
     upstream.fake.cut_stream_after = None
     assert http.get("/stats").json()["total_entries"] == 0
     assert cache_header(ask(client, "a long story please")) == "MISS"
@@ -127,8 +146,10 @@ def test_client_disconnect_mid_stream_stores_nothing(
 ) -> None:
     upstream.fake.chunk_delay = 0.15
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "count slowly to ten for me"}],
-        stream=True)
+        model=MODEL,
+        messages=[{"role": "user", "content": "count slowly to ten for me"}],
+        stream=True,
+    )
     next(iter(stream))
     stream.close()  # the client walks away after the first chunk
     upstream.fake.chunk_delay = 0

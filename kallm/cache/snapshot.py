@@ -52,8 +52,17 @@ def encode(entries: list[Entry], embedder: str) -> bytes:
     vectors = [e.vector for e in entries if e.vector is not None]
     dim = len(vectors[0]) if vectors else 0
     meta = [
-        [e.scope, e.exact, e.text, e.created_at, e.expires_at, e.cost_usd, e.tokens, e.hits,
-         e.vector is not None]
+        [
+            e.scope,
+            e.exact,
+            e.text,
+            e.created_at,
+            e.expires_at,
+            e.cost_usd,
+            e.tokens,
+            e.hits,
+            e.vector is not None,
+        ]
         for e in entries
     ]
     offsets = np.zeros(len(entries) + 1, dtype="<u8")
@@ -103,7 +112,9 @@ def _decode_body(data: bytes, end: int, embedder: str) -> Snapshot:
     pos = starts[-1]
     rows = sum(1 for m in meta if m[8])
     # one copy, so entries do not pin the whole file in memory
-    matrix = np.frombuffer(data, dtype="<f4", count=rows * dim, offset=pos).reshape(rows, dim).copy()
+    matrix = (
+        np.frombuffer(data, dtype="<f4", count=rows * dim, offset=pos).reshape(rows, dim).copy()
+    )
     if pos + matrix.nbytes != end or len(meta) != count:
         raise SnapshotError("sections do not add up")
     entries, row = [], 0
@@ -111,8 +122,20 @@ def _decode_body(data: bytes, end: int, embedder: str) -> Snapshot:
         vector = None
         if has_vec:
             vector, row = matrix[row], row + 1
-        entries.append(Entry(scope, exact, text, vector, data[starts[i] : starts[i + 1]],
-                             created, expires, cost, tokens, hits))
+        entries.append(
+            Entry(
+                scope,
+                exact,
+                text,
+                vector,
+                data[starts[i] : starts[i + 1]],
+                created,
+                expires,
+                cost,
+                tokens,
+                hits,
+            )
+        )
     return Snapshot(header["embedder"], dim, entries)
 
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from kallm.accounts.pricing import PriceTable
+from kallm.cache.guard import hit_guard
 from kallm.cache.persistence import SnapshotKeeper
 from kallm.cache.semantic import HitGuard, SemanticCache
 from kallm.cache.store import MemoryBackend
@@ -41,7 +42,7 @@ class Runtime:
         self.prices = PriceTable()
         self.started_at = time.time()
         self._embedder = embedder
-        self._guard = guard
+        self._guard = guard or hit_guard
 
     async def start(self) -> None:
         settings = self.settings

@@ -49,7 +49,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return await _serve_hit(request, payload, lookup.hit)
     record.cache = "MISS"
     if lookup.refusal is not None:
-        record.note = f"guard refused {lookup.refusal.similarity:.4f} ({lookup.refusal.reason})"
+        refusal = lookup.refusal
+        record.note = (f"guard refused {refusal.similarity:.4f} {refusal.reason}: "
+                       f"{refusal.candidate[:80]!r}")
     store = lookup if controls.store else None
     if payload.get("stream") is True:
         return await _relay_stream(request, runtime, payload, auth, store)
