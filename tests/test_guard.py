@@ -141,3 +141,14 @@ def test_guard_off_in_settings(make_proxy: Any) -> None:
     chat(http, "Lock the front door", "s")
     reply = chat(http, "Unlock the front door", "s", **{"X-Kallm-Threshold": "0.8"})
     assert reply.headers["x-kallm-cache"] == "HIT"
+
+
+def test_guard_never_raises_on_odd_text() -> None:
+    import random
+
+    rng = random.Random(7)
+    alphabet = "abs s'’ 0123456789%.,:-+#$€ AIOé漢😀\n\t"
+    texts = ["", "s", "'s", "s s", "1st", "%", "#", "c++", "A", "I", "a b c"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(2000)]
+    for a, b in zip(texts, reversed(texts), strict=True):
+        assert refusal_reason(a, b) in {None, "negation", "numbers", "opposite", "roles", "subject"}

@@ -277,7 +277,7 @@ def _entities(tokens: tuple[str, ...]) -> frozenset[str]:
             phrase = " ".join(tokens[i : i + size])
             if phrase in names:
                 found.add(phrase)
-            elif phrase[-1] == "s":
+            elif len(phrase) > 2 and phrase[-1] == "s":
                 folded = phrase[:-2] if phrase[-2] in "'’" else phrase[:-1]
                 if folded in names:
                     found.add(folded)

@@ -54,6 +54,7 @@ class Lookup:
     refusal: Refusal | None = None
     seconds: float = 0.0
     embedded: bool = False  # an embedding was attempted (and may have failed)
+    embed_seconds: float | None = None
 
 
 @dataclass
@@ -104,7 +105,9 @@ class SemanticCache:
         if entry is not None:
             result.hit = Hit(entry, 1.0, "exact")
         elif key.text is not None:
+            embed_started = time.perf_counter()
             result.vector, result.embedded = await self._embed(key.text), True
+            result.embed_seconds = time.perf_counter() - embed_started
             if result.vector is not None:
                 limit = self.threshold if threshold is None else threshold
                 await self._search(result, limit, use_guard, now)
@@ -135,12 +138,20 @@ class SemanticCache:
         for entry, score in await self.backend.nearest(result.key.scope, result.vector, now, k):
             if score < limit:
                 break
-            reason = guard(result.key.text, entry.text or "") if guard else None
+            reason = self._check(guard, result.key.text, entry.text or "") if guard else None
             if reason is None:
                 result.hit = Hit(entry, score, "semantic")
                 return
             if result.refusal is None:
                 result.refusal = Refusal(entry.text or "", score, reason)
+
+    def _check(self, guard: HitGuard, query: str, candidate: str) -> str | None:
+        """The guard's verdict; a guard that breaks refuses (a miss), never fails the request."""
+        try:
+            return guard(query, candidate)
+        except Exception:
+            log.exception("hit guard failed on %r / %r; refusing the hit", query, candidate)
+            return "guard_error"
 
     async def _embed(self, text: str) -> np.ndarray | None:
         try:

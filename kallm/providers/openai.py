@@ -34,7 +34,9 @@ def forwardable(headers: Mapping[str, str], drop: frozenset[str] = frozenset()) 
 
 
 class OpenAIUpstream:
-    def __init__(self, base_url: str, connect_timeout: float, timeout: float):
+    def __init__(self, base_url: str, connect_timeout: float, timeout: float,
+                 name: str = "openai"):
+        self.name = name
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=timeout

@@ -22,6 +22,7 @@ from kallm.cache.semantic import HitGuard, SemanticCache
 from kallm.cache.store import MemoryBackend
 from kallm.config import Settings
 from kallm.embed import Embedder, create_embedder
+from kallm.metrics import Metrics
 from kallm.providers.openai import OpenAIUpstream
 
 log = logging.getLogger("kallm.server")
@@ -40,6 +41,7 @@ class Runtime:
             settings.upstream_base_url, settings.upstream_connect_timeout, settings.upstream_timeout
         )
         self.prices = PriceTable()
+        self.metrics = Metrics(self)
         self.started_at = time.time()
         self._embedder = embedder
         self._guard = guard or hit_guard
@@ -100,7 +102,7 @@ def create_app(
     """The whole server as an aiohttp app; usable as a library and in tests."""
     from kallm.server.chat import chat_completions
     from kallm.server.middleware import request_context
-    from kallm.server.ops import health, stats
+    from kallm.server.ops import health, metrics, stats
     from kallm.server.passthrough import passthrough
 
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_context])
@@ -109,5 +111,6 @@ def create_app(
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/health", health)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
     return app

@@ -43,11 +43,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         lookup = await runtime.cache.lookup(
             key, threshold=controls.threshold, use_guard=controls.guard and runtime.settings.guard
         )
+        record.lookup_seconds, record.embed_seconds = lookup.seconds, lookup.embed_seconds
     else:
         lookup = Lookup(key)
     if lookup.hit is not None:
         return await _serve_hit(request, payload, lookup.hit)
     record.cache = "MISS"
+    record.provider = runtime.upstream.name
     if lookup.refusal is not None:
         refusal = lookup.refusal
         record.note = (f"guard refused {refusal.similarity:.4f} {refusal.reason}: "
@@ -183,11 +185,11 @@ async def _remember(
     record = request_log(request)
     usage = Usage.from_openai(completion.get("usage"))
     record.usage = usage
+    record.cost_usd = runtime.prices.cost(str(completion.get("model") or record.model), usage)
     choices = completion.get("choices")
     if store is None or not choices or not all(c.get("finish_reason") for c in choices):
         return
-    cost = runtime.prices.cost(str(completion.get("model") or record.model), usage)
-    await runtime.cache.store(store, body, cost_usd=cost, tokens=usage.total_tokens)
+    await runtime.cache.store(store, body, cost_usd=record.cost_usd, tokens=usage.total_tokens)
 
 
 # ---------------------------------------------------------------- helpers

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from aiohttp import web
 from kallm.accounts.pricing import Usage
 
 access_log = logging.getLogger("kallm.access")
+_OPS_PATHS = frozenset({"/health", "/stats", "/metrics"})
+_PLAIN_SEGMENT = re.compile(r"[a-z_]+")
 
 
 
@@ -34,7 +37,23 @@ class RequestLog:
     usage: Usage | None = None
     upstream_seconds: float | None = None
     first_token_seconds: float | None = None
+    lookup_seconds: float | None = None
+    embed_seconds: float | None = None
+    provider: str | None = None
+    cost_usd: float = 0.0
     note: str | None = None
+
+    @property
+    def path_group(self) -> str:
+        """The path without ids (/v1/files/file-abc -> /v1/files), so metric labels stay few."""
+        if not self.path.startswith("/v1/"):
+            return self.path if self.path in _OPS_PATHS else "other"
+        kept = []
+        for segment in self.path[4:].split("/"):
+            if not segment or not _PLAIN_SEGMENT.fullmatch(segment):
+                break
+            kept.append(segment)
+        return "/v1/" + "/".join(kept)
 
     def fields(self) -> dict[str, object]:
         latency_ms = round((time.perf_counter() - self.started) * 1000, 2)
@@ -49,6 +68,10 @@ class RequestLog:
             out |= {"prompt_tokens": self.usage.prompt_tokens,
                     "completion_tokens": self.usage.completion_tokens,
                     "total_tokens": self.usage.total_tokens}
+        if self.provider:
+            out["provider"] = self.provider
+        if self.cost_usd:
+            out["cost_usd"] = round(self.cost_usd, 8)
         if self.first_token_seconds is not None:
             out["ttft_ms"] = round(self.first_token_seconds * 1000, 2)
         if self.note:

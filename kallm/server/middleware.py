@@ -39,6 +39,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except ConnectionResetError:
         record.status, record.note = 499, "client disconnected"
         emit(record)
+        request.app[RUNTIME].metrics.observe(record)
         raise
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
@@ -46,6 +47,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     response.headers.setdefault("X-Request-Id", request_id)
     record.status = response.status
     emit(record)
+    request.app[RUNTIME].metrics.observe(record)
     return response
 
 

@@ -1,4 +1,4 @@
-"""Operational endpoints: GET /health and GET /stats."""
+"""Operational endpoints: GET /health, GET /stats and GET /metrics (Prometheus)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 from aiohttp import web
 
 from kallm import __version__
+from kallm.metrics import CONTENT_TYPE
 from kallm.server.app import RUNTIME
 
 
@@ -54,3 +55,8 @@ async def stats(request: web.Request) -> web.Response:
         "snapshot_saved_at": runtime.keeper.last_saved if runtime.keeper else None,
         "uptime_seconds": round(time.time() - runtime.started_at, 1),
     })
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[RUNTIME].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

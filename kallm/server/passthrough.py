@@ -19,6 +19,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     headers = forwardable(request.headers, frozenset({"authorization"}))
     headers["Authorization"] = authorization(request.headers, runtime.settings)
     body = await request.read() if request.can_read_body else None
+    request_log(request).provider = upstream.name
     path = request.match_info["tail"]
     upstream_response = await upstream.send(
         request.method, upstream.url("/" + path, request.query_string), headers, body
