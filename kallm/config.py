@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import platformdirs
 
 from kallm.errors import ConfigError
+from kallm.providers.config import AliasConfig, ProviderConfig, parse_aliases, parse_providers
 
 APP_NAME = "kallm"
 
@@ -55,6 +56,9 @@ class Settings:
     max_body_bytes: int = 10 * 1000**2
     log_json: bool = False
     log_level: str = "info"
+    # structured tables of kallm.toml, parsed in kallm.providers.config
+    providers: tuple[ProviderConfig, ...] = ()
+    aliases: tuple[AliasConfig, ...] = ()
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -205,7 +209,11 @@ SPECS: tuple[SettingSpec, ...] = (
                 parse_choice("debug", "info", "warning", "error")),
 )
 SPEC_BY_FIELD = {spec.field: spec for spec in SPECS}
-assert set(SPEC_BY_FIELD) == {f.name for f in fields(Settings)}, "every setting needs a spec"
+STRUCTURED_FIELDS = frozenset({"providers", "aliases"})
+STRUCTURED_SECTIONS = frozenset({"providers", "models"})
+assert set(SPEC_BY_FIELD) | STRUCTURED_FIELDS == {f.name for f in fields(Settings)}, (
+    "every setting needs a spec"
+)
 
 
 @dataclass(frozen=True)
@@ -249,8 +257,11 @@ def _check_unknown_keys(document: Mapping[str, Any], path: Path) -> None:
     known = {spec.toml_key for spec in SPECS}
     sections = {key.split(".")[0] for key in known}
     for section, body in document.items():
+        if section in STRUCTURED_SECTIONS:
+            continue  # checked by their own parsers
         if section not in sections:
-            continue  # sections owned by other features (providers, keys) are checked there
+            allowed = ", ".join(sorted(sections | STRUCTURED_SECTIONS))
+            raise ConfigError(f"config file {path}: unknown section [{section}]; known: {allowed}")
         if not isinstance(body, Mapping):
             raise ConfigError(f"config file {path}: [{section}] must be a table")
         for key in body:
@@ -295,4 +306,7 @@ def load_settings(
             flag = "--" + spec.field.replace("_", "-")
             values[spec.field] = _parse(spec, flags[spec.field], flag)
             sources[spec.field] = "flag"
+    origin = f"config file {path}"
+    values["providers"] = parse_providers(document, environ, origin)
+    values["aliases"] = parse_aliases(document, values["providers"], origin)
     return LoadedSettings(Settings(**values), sources, path if path.exists() else None)

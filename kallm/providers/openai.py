@@ -1,78 +1,65 @@
-"""The OpenAI-compatible upstream: one pooled HTTP client, errors mapped to ours.
+"""OpenAI and every OpenAI-compatible server (Ollama, vLLM, llama.cpp, Groq...): relayed.
 
-Responses are handed back open so the caller can stream them without
-buffering; the caller releases them. Connection failures become
-``UpstreamError`` (502) and timeouts ``UpstreamTimeout`` (504).
+The request goes out as the client sent it whenever the model name is the
+same, and answers and stream events come back byte for byte.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import json
+from typing import Any
 
-import aiohttp
-from multidict import CIMultiDict
+from kallm.errors import AuthenticationError
+from kallm.providers.base import ChatCall, HttpCall, Provider, forwardable
 
-from kallm.errors import UpstreamError, UpstreamTimeout
-
-# RFC 9110 §7.6.1 connection-specific headers, plus ones a proxy must set itself.
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-     "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
-)
+_NOT_FORWARDED = frozenset({"authorization", "accept-encoding", "content-type"})
 
 
-def forwardable(headers: Mapping[str, str], drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
-    """Copy headers minus hop-by-hop ones and our own X-Kallm-* controls."""
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in drop or lower.startswith("x-kallm-"):
-            continue
-        out.add(name, value)
-    return out
+def authorization(provider: Provider, client_headers: Any) -> str:
+    """The client's own key for an OpenAI-kind upstream, else the configured one."""
+    supplied = client_headers.get("Authorization", "").strip()
+    if supplied:
+        return supplied
+    if provider.config.api_key:
+        return f"Bearer {provider.config.api_key}"
+    env = provider.config.api_key_env or "OPENAI_API_KEY"
+    raise AuthenticationError(
+        f"No API key: send 'Authorization: Bearer <key>' or start kallm with {env} set."
+    )
 
 
-class OpenAIUpstream:
-    def __init__(self, base_url: str, connect_timeout: float, timeout: float,
-                 name: str = "openai"):
-        self.name = name
-        self.base_url = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=timeout
-        )
-        self.session: aiohttp.ClientSession | None = None
+class PassThroughRelay:
+    """OpenAI's own events need no translation."""
 
-    async def start(self) -> aiohttp.ClientSession:
-        # auto_decompress off: passthrough relays encoded bytes untouched.
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        self.session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=False,
-        )
-        return self.session
+    def feed(self, raw: bytes, event: str | None, data: bytes | None) -> list[bytes]:
+        return [raw]
 
-    async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+    def close(self) -> list[bytes]:
+        return []
 
-    def url(self, path: str, query: str = "") -> str:
-        """``path`` is relative to the base URL's /v1 (e.g. ``/chat/completions``)."""
-        return self.base_url + path + (f"?{query}" if query else "")
 
-    async def send(
-        self, method: str, url: str, headers: Mapping[str, str], data: bytes | None
-    ) -> aiohttp.ClientResponse:
-        """Open a request upstream; the caller must release the response."""
-        assert self.session is not None, "start() first"
-        with self.errors():
-            return await self.session.request(method, url, headers=headers, data=data)
+class OpenAIAdapter:
+    kind = "openai"
 
-    @contextmanager
-    def errors(self) -> Iterator[None]:
-        """Turn the client's exceptions, while sending or reading, into ours."""
-        try:
-            yield
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream {self.base_url} did not answer in time") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream {self.base_url} failed: {exc}") from None
+    def chat_call(self, provider: Provider, call: ChatCall) -> HttpCall:
+        headers = dict(forwardable(call.client_headers, _NOT_FORWARDED))
+        headers["Authorization"] = authorization(provider, call.client_headers)
+        headers["Accept-Encoding"] = "identity"  # we read the answer to cache it
+        headers["Content-Type"] = "application/json"
+        data = call.raw
+        if call.stream or call.payload.get("model") != call.model:
+            body: dict[str, Any] = {**call.payload, "model": call.model}
+            if call.stream:  # ask for usage so the answer can be priced and replayed
+                body["stream_options"] = {**(call.payload.get("stream_options") or {}),
+                                          "include_usage": True}
+            data = json.dumps(body).encode()
+        return HttpCall(provider.url("/chat/completions"), headers, data)
+
+    def answer(self, status: int, body: bytes, model: str) -> bytes:
+        return body
+
+    def error_status(self, status: int) -> int:
+        return status
+
+    def stream(self, model: str) -> PassThroughRelay:
+        return PassThroughRelay()

@@ -19,21 +19,36 @@ DONE = b"data: [DONE]\n\n"
 _PIECE_CHARS = 48  # replayed content per chunk: several chunks, not one blob, not per byte
 
 
-async def iter_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[bytes, bytes | None]]:
-    """Yield (raw event bytes to relay, data payload or None) per SSE event."""
+async def iter_events(
+    content: aiohttp.StreamReader,
+) -> AsyncIterator[tuple[bytes, str | None, bytes | None]]:
+    """Yield (raw event bytes to relay, event name or None, data payload or None) per event."""
     buffer: list[bytes] = []
     data: list[bytes] = []
+    event: str | None = None
     async for line in content:
         buffer.append(line)
         stripped = line.rstrip(b"\r\n")
         if stripped:
             if stripped.startswith(b"data:"):
                 data.append(stripped[5:].lstrip(b" "))
+            elif stripped.startswith(b"event:"):
+                event = stripped[6:].strip().decode(errors="replace")
             continue
-        yield b"".join(buffer), (b"\n".join(data) if data else None)
-        buffer, data = [], []
+        yield b"".join(buffer), event, (b"\n".join(data) if data else None)
+        buffer, data, event = [], [], None
     if buffer:  # a last event without its blank line: relay it, it cannot be trusted
-        yield b"".join(buffer), None
+        yield b"".join(buffer), event, None
+
+
+def event_data(raw: bytes) -> bytes | None:
+    """The data payload of one whole SSE event (the lines after "data:")."""
+    lines = [line[5:].lstrip(b" ") for line in raw.splitlines() if line.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None
+
+
+def encode_chunk(chunk: dict[str, Any]) -> bytes:
+    return _event(chunk)
 
 
 class StreamAssembler:

@@ -23,7 +23,7 @@ from kallm.cache.store import MemoryBackend
 from kallm.config import Settings
 from kallm.embed import Embedder, create_embedder
 from kallm.metrics import Metrics
-from kallm.providers.openai import OpenAIUpstream
+from kallm.providers.router import Router
 
 log = logging.getLogger("kallm.server")
 
@@ -37,9 +37,7 @@ class Runtime:
     def __init__(self, settings: Settings, embedder: Embedder | None = None,
                  guard: HitGuard | None = None):
         self.settings = settings
-        self.upstream = OpenAIUpstream(
-            settings.upstream_base_url, settings.upstream_connect_timeout, settings.upstream_timeout
-        )
+        self.router = Router(settings)
         self.prices = PriceTable()
         self.metrics = Metrics(self)
         self.started_at = time.time()
@@ -48,9 +46,11 @@ class Runtime:
 
     async def start(self) -> None:
         settings = self.settings
-        session = await self.upstream.start()
+        await self.router.start()
+        default = self.router.default
+        assert default.session is not None
         embedder = self._embedder or create_embedder(
-            settings.embedding_model, session, settings.upstream_base_url, settings.upstream_api_key
+            settings.embedding_model, default.session, default.base_url, default.config.api_key
         )
         backend = MemoryBackend(settings.max_cache_size)
         threshold = settings.similarity_threshold
@@ -74,7 +74,7 @@ class Runtime:
                 log.info("cache: %d entries saved to %s", saved, self.keeper.path)
             except OSError as exc:
                 log.error("cache: final snapshot to %s failed: %s", self.keeper.path, exc)
-        await self.upstream.close()
+        await self.router.close()
 
 
 RUNTIME = web.AppKey("kallm.runtime", Runtime)

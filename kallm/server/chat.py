@@ -18,14 +18,15 @@ from aiohttp import web
 from kallm.accounts.pricing import Usage
 from kallm.cache.scope import cache_key
 from kallm.cache.semantic import Hit, Lookup
-from kallm.errors import KallmError
-from kallm.providers.openai import forwardable
-from kallm.providers.sse import DONE, StreamAssembler, iter_events, replay_events
+from kallm.errors import KallmError, UpstreamError
+from kallm.providers.base import ChatCall, Provider, StreamRelay, forwardable
+from kallm.providers.sse import StreamAssembler, event_data, iter_events, replay_events
 from kallm.server.app import RUNTIME, Runtime
-from kallm.server.log import request_log
-from kallm.server.request import CacheControls, authorization, parse_chat_request
+from kallm.server.log import RequestLog, request_log
+from kallm.server.request import CacheControls, parse_chat_request
 
 CACHE_HEADER = "X-Kallm-Cache"
+PROVIDER_HEADER = "X-Kallm-Provider"
 SIMILARITY_HEADER = "X-Kallm-Similarity"
 _DROP_RESPONSE = frozenset({"content-encoding"})
 
@@ -34,7 +35,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     body = await request.read()
     payload = parse_chat_request(body)
-    auth = authorization(request.headers, runtime.settings)
+    runtime.router.resolve(payload["model"])  # an unknown model is a 404 before any lookup
     controls = CacheControls.from_headers(request.headers)
     record = request_log(request)
     record.model = payload["model"]
@@ -49,15 +50,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if lookup.hit is not None:
         return await _serve_hit(request, payload, lookup.hit)
     record.cache = "MISS"
-    record.provider = runtime.upstream.name
     if lookup.refusal is not None:
         refusal = lookup.refusal
         record.note = (f"guard refused {refusal.similarity:.4f} {refusal.reason}: "
                        f"{refusal.candidate[:80]!r}")
     store = lookup if controls.store else None
-    if payload.get("stream") is True:
-        return await _relay_stream(request, runtime, payload, auth, store)
-    return await _relay_json(request, runtime, body, auth, store)
+    return await _relay(request, runtime, payload, body, store)
 
 
 # ---------------------------------------------------------------- hits
@@ -82,61 +80,38 @@ async def _serve_hit(request: web.Request, payload: dict[str, Any], hit: Hit) ->
 
 # ---------------------------------------------------------------- misses
 
-def _upstream_headers(request: web.Request, auth: str) -> dict[str, str]:
-    headers = dict(forwardable(request.headers, frozenset({"authorization", "accept-encoding"})))
-    headers["Authorization"] = auth
-    headers["Accept-Encoding"] = "identity"  # we read the answer to cache it
-    headers["Content-Type"] = "application/json"
-    return headers
-
-
-async def _relay_json(
-    request: web.Request, runtime: Runtime, body: bytes, auth: str, store: Lookup | None
-) -> web.Response:
-    upstream = runtime.upstream
-    started = time.perf_counter()
-    response = await upstream.send(
-        "POST", upstream.url("/chat/completions"), _upstream_headers(request, auth), body
-    )
-    async with response:
-        with upstream.errors():
-            data = await response.read()
-    request_log(request).upstream_seconds = time.perf_counter() - started
-    headers = forwardable(response.headers, _DROP_RESPONSE)
-    headers[CACHE_HEADER] = "MISS"
-    if response.status == 200:
-        completion = _json_or_none(data)
-        if completion is not None:
-            await _remember(request, runtime, store, completion, data)
-    return web.Response(body=data, status=response.status, headers=headers)
-
-
-async def _relay_stream(
-    request: web.Request, runtime: Runtime, payload: dict[str, Any], auth: str,
+async def _relay(
+    request: web.Request, runtime: Runtime, payload: dict[str, Any], raw: bytes,
     store: Lookup | None,
 ) -> web.StreamResponse:
-    upstream = runtime.upstream
-    client_wants_usage = _wants_usage(payload)
-    # Ask for usage even when the client did not, so the answer can be priced and replayed.
-    sent = {**payload, "stream_options": {**(payload.get("stream_options") or {}),
-                                          "include_usage": True}}
+    """Route, send (with retries and fallbacks), then relay JSON or a stream."""
+    stream = payload.get("stream") is True
+    routes = runtime.router.resolve(payload["model"])
+    call = ChatCall(payload, raw, routes[0].model, stream, request.headers)
     started = time.perf_counter()
-    upstream_response = await upstream.send(
-        "POST", upstream.url("/chat/completions"), _upstream_headers(request, auth),
-        json.dumps(sent).encode(),
-    )
-    async with upstream_response:
-        if upstream_response.status != 200:
-            with upstream.errors():
-                data = await upstream_response.read()
-            headers = forwardable(upstream_response.headers, _DROP_RESPONSE)
-            headers[CACHE_HEADER] = "MISS"
-            return web.Response(body=data, status=upstream_response.status, headers=headers)
-        headers = forwardable(upstream_response.headers, _DROP_RESPONSE)
-        headers[CACHE_HEADER] = "MISS"
+    opened = await runtime.router.open_chat(routes, call)
+    provider, upstream = opened.route.provider, opened.response
+    record = request_log(request)
+    record.provider, record.upstream_model = provider.name, opened.route.model
+    headers = forwardable(upstream.headers, _DROP_RESPONSE)
+    headers[CACHE_HEADER] = "MISS"
+    headers[PROVIDER_HEADER] = f"{provider.name}/{opened.route.model}"
+    async with upstream:
+        if not stream or upstream.status != 200:
+            with provider.errors():
+                data = await upstream.read()
+            record.upstream_seconds = time.perf_counter() - started
+            data = provider.adapter.answer(upstream.status, data, payload["model"])
+            if upstream.status == 200 and (completion := _json_or_none(data)) is not None:
+                await _remember(request, runtime, store, completion, data)
+            status = provider.adapter.error_status(upstream.status)
+            if provider.kind != "openai":
+                headers["Content-Type"] = "application/json"
+            return web.Response(body=data, status=status, headers=headers)
         response = _event_stream(headers)
         await response.prepare(request)
-        assembler = await _pump(request, response, upstream_response, client_wants_usage, started)
+        relay = provider.adapter.stream(payload["model"])
+        assembler = await _pump(request, response, upstream, relay, provider, payload, started)
     if assembler is not None and assembler.done and assembler.complete:
         completion = assembler.completion()
         await _remember(request, runtime, store, completion, _compact(completion).encode())
@@ -146,35 +121,47 @@ async def _relay_stream(
 
 async def _pump(
     request: web.Request, response: web.StreamResponse, upstream: aiohttp.ClientResponse,
-    client_wants_usage: bool, started: float,
+    relay: StreamRelay, provider: Provider, payload: dict[str, Any], started: float,
 ) -> StreamAssembler | None:
     """Relay events as they come; None when the stream broke and must not be stored."""
     assembler = StreamAssembler()
     record = request_log(request)
-    runtime = request.app[RUNTIME]
+    client_wants_usage = _wants_usage(payload)
     try:
-        with runtime.upstream.errors():
-            async for raw, data in iter_events(upstream.content):
-                if record.first_token_seconds is None:
-                    record.first_token_seconds = time.perf_counter() - started
-                if data == b"[DONE]":
-                    assembler.done = True
-                elif data is not None:
-                    chunk = _json_or_none(data)
-                    if chunk is None:
-                        return None
-                    assembler.feed(chunk)
-                    if not client_wants_usage and not chunk.get("choices") and chunk.get("usage"):
-                        continue  # the usage chunk we asked for on our own account
-                await response.write(raw)
-    except KallmError as exc:
-        record.note = f"stream broke: {exc.message}"
-        await response.write(b"data: " + _compact(exc.to_body()).encode() + b"\n\n")
+        with provider.errors():
+            async for raw, event, data in iter_events(upstream.content):
+                for out in relay.feed(raw, event, data):
+                    await _forward(response, out, assembler, client_wants_usage, record, started)
+            for out in relay.close():
+                await _forward(response, out, assembler, client_wants_usage, record, started)
+    except (KallmError, ValueError) as exc:
+        message = exc.message if isinstance(exc, KallmError) else f"bad stream event: {exc}"
+        record.note = f"stream broke: {message}"
+        error = exc if isinstance(exc, KallmError) else UpstreamError(message)
+        await response.write(b"data: " + _compact(error.to_body()).encode() + b"\n\n")
         return None
     if not assembler.done:
         record.note = "stream ended without [DONE]"
     record.upstream_seconds = time.perf_counter() - started
     return assembler
+
+
+async def _forward(
+    response: web.StreamResponse, raw: bytes, assembler: StreamAssembler,
+    client_wants_usage: bool, record: RequestLog, started: float,
+) -> None:
+    """Feed one OpenAI SSE event to the assembler and the client."""
+    if record.first_token_seconds is None:
+        record.first_token_seconds = time.perf_counter() - started
+    data = event_data(raw)
+    if data == b"[DONE]":
+        assembler.done = True
+    elif data is not None:
+        chunk = json.loads(data)
+        assembler.feed(chunk)
+        if not client_wants_usage and not chunk.get("choices") and chunk.get("usage"):
+            return  # the usage chunk we asked for on our own account
+    await response.write(raw)
 
 
 async def _remember(
@@ -216,5 +203,3 @@ def _json_or_none(data: bytes) -> Any:
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
-
-__all__ = ["DONE", "chat_completions"]

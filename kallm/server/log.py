@@ -40,6 +40,7 @@ class RequestLog:
     lookup_seconds: float | None = None
     embed_seconds: float | None = None
     provider: str | None = None
+    upstream_model: str | None = None  # the name the provider knows the model by
     cost_usd: float = 0.0
     note: str | None = None
 
@@ -70,6 +71,7 @@ class RequestLog:
                     "total_tokens": self.usage.total_tokens}
         if self.provider:
             out["provider"] = self.provider
+            out["upstream_model"] = self.upstream_model
         if self.cost_usd:
             out["cost_usd"] = round(self.cost_usd, 8)
         if self.first_token_seconds is not None:

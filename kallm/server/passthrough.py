@@ -5,19 +5,19 @@ from __future__ import annotations
 from aiohttp import web
 
 from kallm.errors import KallmError
-from kallm.providers.openai import forwardable
+from kallm.providers.base import forwardable
+from kallm.providers.openai import authorization
 from kallm.server.app import RUNTIME
 from kallm.server.log import request_log
-from kallm.server.request import authorization
 
 _RELAY_CHUNK = 64 * 1024
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    upstream = runtime.upstream
+    upstream = runtime.router.default
     headers = forwardable(request.headers, frozenset({"authorization"}))
-    headers["Authorization"] = authorization(request.headers, runtime.settings)
+    headers["Authorization"] = authorization(upstream, request.headers)
     body = await request.read() if request.can_read_body else None
     request_log(request).provider = upstream.name
     path = request.match_info["tail"]

@@ -13,8 +13,7 @@ from typing import Any
 
 from multidict import CIMultiDictProxy
 
-from kallm.config import Settings
-from kallm.errors import AuthenticationError, RequestError
+from kallm.errors import RequestError
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -45,18 +44,6 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
     if "stream" in payload and not isinstance(payload["stream"], bool | None):
         raise RequestError("'stream' must be true or false", param="stream")
     return payload
-
-
-def authorization(headers: CIMultiDictProxy[str], settings: Settings) -> str:
-    """The Authorization value to send upstream: the client's own, else the configured key."""
-    supplied = headers.get("Authorization", "").strip()
-    if supplied:
-        return supplied
-    if settings.upstream_api_key:
-        return f"Bearer {settings.upstream_api_key}"
-    raise AuthenticationError(
-        "No API key: send 'Authorization: Bearer <key>' or start kallm with OPENAI_API_KEY set."
-    )
 
 
 @dataclass(frozen=True, slots=True)

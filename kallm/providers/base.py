@@ -1,0 +1,134 @@
+"""A provider: one upstream API with its own pooled HTTP client, timeouts and adapter.
+
+The adapter is the only kind-specific part: how a chat request is sent
+(``chat_call``), and how the answer, an error or a stream comes back in
+OpenAI's format. Everything else — sessions, timeouts, error mapping,
+pattern matching on model names — is shared here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+from multidict import CIMultiDict
+
+from kallm.errors import UpstreamError, UpstreamTimeout
+from kallm.providers.config import ProviderConfig
+
+# RFC 9110 §7.6.1 connection-specific headers, plus ones a proxy must set itself.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+     "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
+)
+
+
+def forwardable(headers: Mapping[str, str], drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+    """Copy headers minus hop-by-hop ones and our own X-Kallm-* controls."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in drop or lower.startswith("x-kallm-"):
+            continue
+        out.add(name, value)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class HttpCall:
+    url: str
+    headers: Mapping[str, str]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """What the chat route hands a provider: the request and its caller's headers."""
+
+    payload: dict[str, Any]
+    raw: bytes  # the body as the client sent it (relayed untouched where possible)
+    model: str  # the upstream model name for this route
+    stream: bool
+    client_headers: Mapping[str, str]
+
+
+class StreamRelay(Protocol):
+    """Turns the upstream's SSE events into OpenAI ``chat.completion.chunk`` events."""
+
+    def feed(self, raw: bytes, event: str | None, data: bytes | None) -> list[bytes]: ...
+
+    def close(self) -> list[bytes]: ...
+
+
+class Adapter(Protocol):
+    kind: str
+
+    def chat_call(self, provider: Provider, call: ChatCall) -> HttpCall: ...
+
+    def answer(self, status: int, body: bytes, model: str) -> bytes:
+        """The upstream's whole (non-stream) answer or error, as OpenAI JSON bytes."""
+        ...
+
+    def error_status(self, status: int) -> int: ...
+
+    def stream(self, model: str) -> StreamRelay: ...
+
+
+class Provider:
+    def __init__(self, config: ProviderConfig, adapter: Adapter, connect_timeout: float,
+                 timeout: float):
+        self.config = config
+        self.name = config.name
+        self.kind = config.kind
+        self.base_url = config.base_url.rstrip("/")
+        self.adapter = adapter
+        connect = config.connect_timeout or connect_timeout
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect, sock_connect=connect, sock_read=config.timeout or timeout
+        )
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> aiohttp.ClientSession:
+        # auto_decompress off: passthrough relays encoded bytes untouched.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, auto_decompress=False,
+        )
+        return self.session
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def serves(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.config.models)
+
+    def url(self, path: str, query: str = "") -> str:
+        return self.base_url + path + (f"?{query}" if query else "")
+
+    async def send(
+        self, method: str, url: str, headers: Mapping[str, str], data: bytes | None
+    ) -> aiohttp.ClientResponse:
+        """Open a request upstream; the caller must release the response."""
+        assert self.session is not None, "start() first"
+        with self.errors():
+            return await self.session.request(method, url, headers=headers, data=data)
+
+    async def open_chat(self, call: ChatCall) -> aiohttp.ClientResponse:
+        http = self.adapter.chat_call(self, call)
+        return await self.send("POST", http.url, http.headers, http.data)
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn the client's exceptions, while sending or reading, into ours."""
+        try:
+            yield
+        except TimeoutError:
+            raise UpstreamTimeout(f"provider {self.name} ({self.base_url}) did not answer in "
+                                  "time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"provider {self.name} ({self.base_url}) failed: {exc}") from None
