@@ -145,16 +145,26 @@ def choose(run: dict[str, Any], indexes: list[int]) -> float:
     return max(ok, key=lambda s: (s["hit_rate"], s["threshold"]))["threshold"] if ok else 1.0
 
 
-def cross_fit(run: dict[str, Any]) -> list[dict[str, Any]]:
+def halves(run: dict[str, Any]) -> list[list[int]]:
     n = len(run["traffic"])
     order = list(range(n))
     random.Random(77).shuffle(order)
-    halves = [sorted(order[: n // 2]), sorted(order[n // 2 :])]
+    return [sorted(order[: n // 2]), sorted(order[n // 2 :])]
+
+
+def per_half(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The thresholds near the choice, scored on each half: does a default hold on both?"""
+    return [{"half": f"half {h + 1}", **score(run, part, t)}
+            for t in (0.94, 0.95, 0.96, 0.97) for h, part in enumerate(halves(run))]
+
+
+def cross_fit(run: dict[str, Any]) -> list[dict[str, Any]]:
     folds = []
+    parts = halves(run)
     for pick, report in ((0, 1), (1, 0)):
-        threshold = choose(run, halves[pick])
+        threshold = choose(run, parts[pick])
         folds.append({"chosen_on": f"half {pick + 1}", "threshold": threshold,
-                      **score(run, halves[report], threshold)})
+                      **score(run, parts[report], threshold)})
     return folds
 
 
@@ -217,6 +227,7 @@ async def main() -> None:
     report: dict[str, Any] = {"embedder": embedder.name,
                               "default_threshold": embedder.default_threshold}
     columns = ["threshold", "hit_rate", "precision", "wrong_per_request", "novel_false_hits"]
+    correct: dict[str, dict[float, int]] = {}
     for use_guard in (False, True):
         label = "guard on" if use_guard else "guard off"
         run = await simulate(embedder, data, use_guard)
@@ -226,6 +237,9 @@ async def main() -> None:
         folds = cross_fit(run)
         table(f"cross-fitted choice ({label}): precision ≥ {TARGET_PRECISION}, "
               f"novel ≤ {TARGET_NOVEL}", folds, ["chosen_on", *columns])
+        table(f"thresholds near the choice, per half ({label})", per_half(run),
+              ["half", *columns])
+        correct[label] = {t: score(run, everyone, t)["correct_hits"] for t in THRESHOLDS}
         pair_rows = await pairs_eval(embedder, pairs, use_guard)
         table(f"Banking77 pairs, {label}", pair_rows, ["threshold", "precision", "recall"])
         report[label] = {"simulation": rows, "cross_fit": folds, "pairs": pair_rows,
@@ -233,6 +247,12 @@ async def main() -> None:
                          if use_guard else None}
         if use_guard:
             console.print(report[label]["refused"])
+    cost = [{"threshold": t, "correct_off": correct["guard off"][t],
+             "correct_on": correct["guard on"][t],
+             "lost": 1 - correct["guard on"][t] / max(correct["guard off"][t], 1)}
+            for t in THRESHOLDS]
+    table("correct hits the guard costs", cost, ["threshold", "correct_off", "correct_on", "lost"])
+    report["guard_cost"] = cost
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     console.print(f"written {args.json}")

@@ -256,6 +256,8 @@ def _roles_swapped(a: Wording, b: Wording) -> bool:
     if a.labels != b.labels and sorted(a.labels) == sorted(b.labels):
         return True
     ta, tb = set(a.tokens), set(b.tokens)
+    if ("you" in ta) != ("you" in tb):  # "can you tell me" / "can I tell": a new point of view
+        return False
     return any(
         (s in ta and o not in ta and o in tb and s not in tb)
         or (o in ta and s not in ta and s in tb and o not in tb)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from kallm import __version__
-from kallm.cli import serve
+from kallm.cli import config, serve
 
 app = typer.Typer(
     name="kallm",
@@ -33,6 +33,7 @@ def root(
 
 
 serve.register(app)
+config.register(app)
 
 
 def main() -> None:

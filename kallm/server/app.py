@@ -103,7 +103,7 @@ def create_app(
     from kallm.server.chat import chat_completions
     from kallm.server.middleware import request_context
     from kallm.server.ops import health, metrics, stats
-    from kallm.server.passthrough import passthrough
+    from kallm.server.passthrough import embeddings, models, passthrough
 
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_context])
     app[RUNTIME] = Runtime(settings, embedder, guard)
@@ -112,5 +112,7 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/stats", stats)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
     return app

@@ -1,28 +1,66 @@
-"""Every other /v1/* route: relayed to the upstream unchanged and streamed back as it comes."""
+"""Every other /v1/* route: relayed to an upstream unchanged and streamed back as it comes.
+
+Most go to the default (first OpenAI-compatible) provider. ``/v1/embeddings``
+is routed by its model like chat; ``GET /v1/models`` lists the configured
+models and aliases once providers are configured.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+
 from aiohttp import web
 
-from kallm.errors import KallmError
-from kallm.providers.base import forwardable
+from kallm.errors import KallmError, RequestError
+from kallm.providers.base import Provider, forwardable
 from kallm.providers.openai import authorization
 from kallm.server.app import RUNTIME
 from kallm.server.log import request_log
 
-_RELAY_CHUNK = 64 * 1024
-
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
+    body = await request.read() if request.can_read_body else None
+    provider = request.app[RUNTIME].router.default
+    return await relay(request, provider, "/" + request.match_info["tail"], body)
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    """Route by model; rewrite the model name when an alias or provider/model named it."""
+    router = request.app[RUNTIME].router
+    body = await request.read()
+    try:
+        payload = json.loads(body)
+        model = payload["model"]
+    except (ValueError, KeyError, TypeError):
+        return await relay(request, router.default, "/embeddings", body)  # upstream judges it
+    route = router.resolve(str(model))[0]
+    if route.provider.kind != "openai":
+        raise RequestError(f"provider {route.provider.name} ({route.provider.kind}) has no "
+                           "OpenAI embeddings endpoint", param="model")
+    if route.model != model:
+        body = json.dumps({**payload, "model": route.model}).encode()
+    return await relay(request, route.provider, "/embeddings", body)
+
+
+async def models(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    upstream = runtime.router.default
+    if not runtime.settings.providers:
+        return await relay(request, runtime.router.default, "/models", None)
+    now = int(time.time())
+    return web.json_response({"object": "list", "data": [
+        {"id": name, "object": "model", "created": now, "owned_by": name.split("/")[0]}
+        for name in runtime.router.listed_models()]})
+
+
+async def relay(
+    request: web.Request, upstream: Provider, path: str, body: bytes | None
+) -> web.StreamResponse:
     headers = forwardable(request.headers, frozenset({"authorization"}))
     headers["Authorization"] = authorization(upstream, request.headers)
-    body = await request.read() if request.can_read_body else None
     request_log(request).provider = upstream.name
-    path = request.match_info["tail"]
     upstream_response = await upstream.send(
-        request.method, upstream.url("/" + path, request.query_string), headers, body
+        request.method, upstream.url(path, request.query_string), headers, body
     )
     async with upstream_response:
         response = web.StreamResponse(
