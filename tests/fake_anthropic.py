@@ -85,6 +85,7 @@ class FakeAnthropic:
         self.api_key: str | None = None
         self.cache_read_tokens = 0
         self.cache_creation_tokens = 0
+        self.signatures: set[str] = set()
         self.calls: collections.Counter[str] = collections.Counter()
         self.requests: list[RecordedRequest] = []
 
@@ -111,7 +112,7 @@ class FakeAnthropic:
             self._maybe_fail()
             if not isinstance(parsed, dict):
                 raise _invalid("There was an issue with your request body: invalid JSON")
-            validate(parsed)
+            validate(parsed, self.signatures)
             turn = self._answer(parsed)
         except AnthropicError as err:
             return web.json_response(err.body(), status=err.status, headers=headers)
@@ -151,8 +152,10 @@ class FakeAnthropic:
         results = [b for b in blocks if b["type"] == "tool_result"]
         content: list[dict[str, Any]] = []
         if (body.get("thinking") or {}).get("type") == "enabled":
+            signature = uuid.uuid4().hex
+            self.signatures.add(signature)
             content.append({"type": "thinking", "thinking": f"The user asks: {text}",
-                            "signature": uuid.uuid4().hex})
+                            "signature": signature})
         choice = body.get("tool_choice") or {"type": "auto"}
         tools = body.get("tools") or []
         forced = choice["type"] in ("any", "tool")
@@ -303,8 +306,11 @@ def _tool_input(tool: dict[str, Any], text: str) -> dict[str, Any]:
 # -- request validation (wording follows Anthropic's) -------------------------------
 
 
-def validate(body: dict[str, Any]) -> None:
-    """Raise AnthropicError(400) for anything the real API refuses."""
+def validate(body: dict[str, Any], signatures: set[str] | frozenset[str] = frozenset()) -> None:
+    """Raise AnthropicError(400) for anything the real API refuses.
+
+    ``signatures`` are the thinking signatures this fake issued; others are forged.
+    """
     for name in body:
         if name not in _TOP_LEVEL:
             raise _invalid(f"{name}: Extra inputs are not permitted")
@@ -332,7 +338,7 @@ def validate(body: dict[str, Any]) -> None:
         raise _invalid("metadata: only user_id is permitted")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise _invalid("stream: Input should be a valid boolean")
-    _validate_thinking(body)
+    _validate_thinking(body, signatures)
 
 
 def _validate_system(system: Any) -> None:
@@ -483,10 +489,28 @@ def _validate_tools(body: dict[str, Any]) -> None:
         raise _invalid(f"tool_choice.tool.name: Tool '{choice.get('name')}' not found in tools")
 
 
-def _validate_thinking(body: dict[str, Any]) -> None:
+def _validate_thinking(body: dict[str, Any], signatures: set[str] | frozenset[str]) -> None:
+    messages = body["messages"]
+    for i, message in enumerate(messages):
+        for block in _as_blocks(message["content"]):
+            if block["type"] == "thinking" and (
+                    not isinstance(block.get("thinking"), str)
+                    or block.get("signature") not in signatures):
+                raise _invalid(f"messages.{i}.content: Invalid `signature` in `thinking` block")
     thinking = body.get("thinking")
     if thinking is None or thinking == {"type": "disabled"}:
         return
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is not None and last + 1 < len(messages):
+        blocks = _as_blocks(messages[last]["content"])
+        answered = any(b["type"] == "tool_result"
+                       for b in _as_blocks(messages[last + 1]["content"]))
+        if blocks and answered and blocks[0]["type"] not in ("thinking", "redacted_thinking"):
+            raise _invalid(f"messages.{last}.content.0.type: Expected `thinking` or "
+                           f"`redacted_thinking`, but found `{blocks[0]['type']}`. When "
+                           "`thinking` is enabled, a final `assistant` message must start with "
+                           "a thinking block (preceeding the lastmost set of `tool_use` and "
+                           "`tool_result` blocks).")
     budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
     if not isinstance(thinking, dict) or thinking.get("type") != "enabled" \
             or not isinstance(budget, int):

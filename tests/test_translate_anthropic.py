@@ -199,6 +199,15 @@ def test_reasoning_effort_enables_thinking_with_room_to_answer() -> None:
     assert "thinking" not in build([user("hi")], reasoning_effort="minimal")
 
 
+def test_signed_reasoning_goes_back_as_a_thinking_block_when_thinking_is_on() -> None:
+    messages = tool_call_turn()
+    messages[1].update(reasoning_content="Need weather.", reasoning_signature="sig")
+    body = build(messages, reasoning_effort="low")
+    assert body["messages"][1]["content"][0] == {"type": "thinking", "thinking": "Need weather.",
+                                                 "signature": "sig"}
+    assert build(messages)["messages"][1]["content"][0]["type"] == "tool_use"
+
+
 # ---------------------------------------------------------------- responses
 
 
@@ -224,6 +233,7 @@ def test_tool_use_and_thinking_response() -> None:
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"] == {
         "role": "assistant", "content": "Checking.", "reasoning_content": "Need weather.",
+        "reasoning_signature": "sig",
         "tool_calls": [{"id": "toolu_1", "type": "function", "function": {
             "name": "get_weather", "arguments": '{"location": "Köln"}'}}]}
 
@@ -409,6 +419,25 @@ async def test_images_thinking_and_limits_are_accepted(fake: FakeAnthropic) -> N
     _, raw, _ = await call(fake, build([user("a b c d e f")], max_tokens=3))
     short = anthropic.translate_response(json.loads(raw), "alias")["choices"][0]
     assert short["finish_reason"] == "length" and short["message"]["content"] == "Answer to: a"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_thinking_tool_loop_round_trip(fake: FakeAnthropic, stream: bool) -> None:
+    messages = [user("What is the weather in Oslo?")]
+    request = build(messages, stream, tools=[WEATHER], reasoning_effort="low")
+    if stream:
+        first, _ = assemble((await call(fake, request))[2])
+    else:
+        first = anthropic.translate_response(json.loads((await call(fake, request))[1]), "a")
+    reply = first["choices"][0]["message"]
+    assert reply["reasoning_signature"] in fake.signatures and reply["tool_calls"]
+    messages += [reply, {"role": "tool", "tool_call_id": reply["tool_calls"][0]["id"],
+                         "content": "-3C"}]
+    status, raw, _ = await call(fake, build(messages, tools=[WEATHER], reasoning_effort="low"))
+    assert status == 200, raw
+    reply.pop("reasoning_signature")  # a client that drops it gets Anthropic's 400
+    status, raw, _ = await call(fake, build(messages, tools=[WEATHER], reasoning_effort="low"))
+    assert status == 400 and b"must start with a thinking block" in raw
 
 
 @pytest.mark.parametrize(("mutate", "fragment"), [

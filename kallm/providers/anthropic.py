@@ -65,12 +65,16 @@ def build_request(request: dict[str, Any], model: str, stream: bool) -> dict[str
     if response_format not in (None, {"type": "text"}):
         raise RequestError(f"'response_format' is not supported for {PROVIDER} models; "
                            "ask for JSON in the prompt or use a tool", param="response_format")
-    system, messages = _messages(request.get("messages") or [])
+    thinking = _thinking(request)
+    thinks = thinking is not None and thinking.get("type") == "enabled"
+    system, messages = _messages(request.get("messages") or [], thinks)
     body: dict[str, Any] = {"model": model, "messages": messages}
     limit = t.max_tokens(request)
-    thinking = _thinking(request)
-    if thinking is not None and thinking.get("type") == "enabled":
-        budget = int(thinking.get("budget_tokens") or 0)
+    if thinking is not None and thinks:
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or isinstance(budget, bool):
+            raise RequestError("'thinking.budget_tokens' must be an integer",
+                               param="thinking.budget_tokens")
         if limit is None:
             limit = budget + DEFAULT_MAX_TOKENS
         elif limit <= budget:
@@ -107,7 +111,7 @@ def _thinking(request: dict[str, Any]) -> dict[str, Any] | None:
     return {"type": "enabled", "budget_tokens": _THINKING_BUDGETS[effort]}
 
 
-def _messages(messages: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
+def _messages(messages: list[dict[str, Any]], thinks: bool) -> tuple[Any, list[dict[str, Any]]]:
     """(system, messages): system/developer hoisted, same-role turns merged, user first."""
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
@@ -118,7 +122,7 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]
         elif role == "user":
             _append(turns, "user", _user_blocks(message.get("content"), f"{param}.content"))
         elif role == "assistant":
-            _append(turns, "assistant", _assistant_blocks(message, param))
+            _append(turns, "assistant", _assistant_blocks(message, param, thinks))
         elif role == "tool":
             _append(turns, "user", [_tool_result(message, param)])
         else:
@@ -213,8 +217,16 @@ def _document(file: Any, param: str) -> dict[str, Any]:
             "source": {"type": "base64", "media_type": data[0], "data": data[1]}}
 
 
-def _assistant_blocks(message: dict[str, Any], param: str) -> list[dict[str, Any]]:
+def _assistant_blocks(message: dict[str, Any], param: str, thinks: bool) -> list[dict[str, Any]]:
+    """Text, tool_use, and (when thinking is on) the signed thinking block sent back.
+
+    With thinking on, Anthropic refuses a tool loop whose assistant turn does not open
+    with its signed thinking block; the signature travels as ``reasoning_signature``.
+    """
     blocks = []
+    reasoning, signature = message.get("reasoning_content"), message.get("reasoning_signature")
+    if thinks and isinstance(reasoning, str) and reasoning and isinstance(signature, str):
+        blocks.append({"type": "thinking", "thinking": reasoning, "signature": signature})
     for j, part in enumerate(t.content_parts(message.get("content"), f"{param}.content")):
         text = part.get("text") if part.get("type") == "text" else part.get("refusal")
         if not isinstance(text, str):
@@ -286,12 +298,14 @@ def _add_tools(body: dict[str, Any], request: dict[str, Any]) -> None:
 def translate_response(body: dict[str, Any], model: str) -> dict[str, Any]:
     """Messages response -> chat.completion (id ``chatcmpl-<message id>``, model as asked)."""
     texts, reasoning, calls = [], [], []
+    signature = None
     for block in body.get("content") or []:
         kind = block.get("type")
         if kind == "text":
             texts.append(block.get("text") or "")
         elif kind == "thinking":
             reasoning.append(block.get("thinking") or "")
+            signature = signature or block.get("signature")
         elif kind == "tool_use":
             calls.append({"id": block.get("id", ""), "type": "function",
                           "function": {"name": block.get("name", ""),
@@ -300,6 +314,8 @@ def translate_response(body: dict[str, Any], model: str) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
     if reasoning:
         message["reasoning_content"] = "".join(reasoning)
+        if signature:  # the first block's: what a stream can carry too
+            message["reasoning_signature"] = signature
     if calls:
         message["tool_calls"] = calls
     choice = {"index": 0, "message": message, "logprobs": None,
@@ -326,6 +342,7 @@ class StreamTranslator:
         self._usage: dict[str, Any] = {}
         self._tools: dict[int, dict[str, Any]] = {}  # block index -> {"index", "args"}
         self._content_sent = False
+        self._thinking_blocks = 0
         self._finished = False
 
     @property
@@ -369,7 +386,8 @@ class StreamTranslator:
         if kind == "error":
             error = data.get("error") or {}
             raise UpstreamError(f"{PROVIDER} stream error: "
-                                f"{error.get('message') or error.get('type') or 'unknown'}")
+                                f"{error.get('message') or error.get('type') or 'unknown'}",
+                                code=str(error.get("type") or "upstream_error"))
         return []  # ping, and event types added after this was written
 
     def _block_start(self, index: int, block: dict[str, Any]) -> list[dict[str, Any]]:
@@ -377,8 +395,10 @@ class StreamTranslator:
         if kind == "text" and block.get("text"):
             self._content_sent = True
             return [self._chunk({"content": block["text"]})]
-        if kind == "thinking" and block.get("thinking"):
-            return [self._chunk({"reasoning_content": block["thinking"]})]
+        if kind == "thinking":
+            self._thinking_blocks += 1
+            return [self._chunk({"reasoning_content": block["thinking"]})] \
+                if block.get("thinking") else []
         if kind == "tool_use":
             tool = {"index": len(self._tools), "args": False}
             self._tools[index] = tool
@@ -398,10 +418,12 @@ class StreamTranslator:
             return [self._chunk({"content": delta["text"]})]
         if kind == "thinking_delta" and delta.get("thinking"):
             return [self._chunk({"reasoning_content": delta["thinking"]})]
+        if kind == "signature_delta" and delta.get("signature") and self._thinking_blocks == 1:
+            return [self._chunk({"reasoning_signature": delta["signature"]})]
         tool = self._tools.get(index)
         if kind == "input_json_delta" and tool is not None and delta.get("partial_json"):
             return [self._tool_delta(tool, {"arguments": delta["partial_json"]})]
-        return []  # signature_delta, citations_delta: nothing OpenAI can carry
+        return []  # citations_delta, later signatures: nothing OpenAI can carry
 
     def _tool_delta(self, tool: dict[str, Any], function: dict[str, Any]) -> dict[str, Any]:
         tool["args"] = True

@@ -368,8 +368,10 @@ class StreamTranslator:
 
     def feed(self, event: str | None, data: dict[str, Any]) -> list[dict[str, Any]]:
         if isinstance(data.get("error"), dict):
+            error = data["error"]
             raise UpstreamError(f"{PROVIDER} stream error: "
-                                f"{data['error'].get('message') or data['error'].get('status')}")
+                                f"{error.get('message') or error.get('status')}",
+                                code=str(error.get("status") or "upstream_error").lower())
         if not self._started:
             self._started = True
             if data.get("responseId"):
