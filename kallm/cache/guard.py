@@ -228,7 +228,7 @@ def _role_filler(tokens: tuple[str, ...], start: int) -> str | None:
     """
     for i in range(start, len(tokens)):
         token = tokens[i]
-        if token in STOPWORDS or (len(token) > 4 and token.endswith("ly")):
+        if token in STOPWORDS or token in ROLE_MARKERS or (len(token) > 4 and token.endswith("ly")):
             continue
         if i + 1 < len(tokens) and tokens[i + 1] in _SYMMETRIC:
             return None
