@@ -3,19 +3,38 @@
 Rows are kept packed: a removed row is filled by the last one, so a search is
 one matrix-vector product over exactly the live rows. Capacity doubles as the
 scope grows, so adding is amortised O(dim).
+
+A brute-force scan reads the whole matrix (10 MB at 10,000 entries of 256
+dims, 100 MB at 100,000), so past ``BINARY_FROM`` rows the scan runs first on
+sign bits (32 bytes a row, Hamming distance with ``np.bitwise_count``) and only
+the closest ``RERANK`` rows are scored exactly. On Banking77 the true nearest
+neighbour of every query that scores ≥ 0.9 is among those rows.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+BINARY_FROM = 32_768
+RERANK = 128
+
+
+def sign_bits(vectors: np.ndarray) -> np.ndarray:
+    """Rows of sign bits packed into uint64 words (padded to whole words)."""
+    packed = np.packbits(np.atleast_2d(vectors) > 0, axis=1)
+    pad = (-packed.shape[1]) % 8
+    if pad:
+        packed = np.pad(packed, ((0, 0), (0, pad)))
+    return packed.view(np.uint64)
+
 
 class VectorIndex:
-    """Unit vectors keyed by entry id; ``nearest`` returns the best cosine."""
+    """Unit vectors keyed by entry id; ``nearest`` returns the best cosines."""
 
     def __init__(self, dim: int, capacity: int = 16):
         self.dim = dim
         self._matrix = np.zeros((capacity, dim), dtype=np.float32)
+        self._bits = np.zeros((capacity, sign_bits(np.zeros(dim)).shape[1]), dtype=np.uint64)
         self._ids = np.zeros(capacity, dtype=np.int64)
         self._row_of: dict[int, int] = {}
 
@@ -23,15 +42,15 @@ class VectorIndex:
         return len(self._row_of)
 
     def add(self, entry_id: int, vector: np.ndarray) -> None:
-        if entry_id in self._row_of:
-            self._matrix[self._row_of[entry_id]] = vector
-            return
-        row = len(self._row_of)
-        if row == len(self._matrix):
-            self._grow()
+        row = self._row_of.get(entry_id)
+        if row is None:
+            row = len(self._row_of)
+            if row == len(self._matrix):
+                self._grow()
+            self._ids[row] = entry_id
+            self._row_of[entry_id] = row
         self._matrix[row] = vector
-        self._ids[row] = entry_id
-        self._row_of[entry_id] = row
+        self._bits[row] = sign_bits(vector)[0]
 
     def remove(self, entry_id: int) -> None:
         row = self._row_of.pop(entry_id, None)
@@ -41,27 +60,49 @@ class VectorIndex:
         if row != last:
             moved = int(self._ids[last])
             self._matrix[row] = self._matrix[last]
+            self._bits[row] = self._bits[last]
             self._ids[row] = moved
             self._row_of[moved] = row
 
-    def nearest(self, vector: np.ndarray, k: int = 1) -> list[tuple[int, float]]:
-        """The k best (entry id, cosine) pairs, best first."""
+    def nearest(
+        self, vector: np.ndarray, k: int = 1, min_score: float = -1.0
+    ) -> list[tuple[int, float]]:
+        """The k best (entry id, cosine) pairs scoring at least ``min_score``, best first."""
         size = len(self._row_of)
         if size == 0:
             return []
-        scores = self._matrix[:size] @ vector
-        if k == 1:
-            best = int(np.argmax(scores))
-            return [(int(self._ids[best]), float(scores[best]))]
-        k = min(k, size)
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top])]
-        return [(int(self._ids[i]), float(scores[i])) for i in top]
+        rows = self._candidates(vector, size)
+        matrix = self._matrix[:size] if rows is None else self._matrix[rows]
+        scores = matrix @ vector
+        best = int(np.argmax(scores))
+        if scores[best] < min_score:
+            return []  # the common miss: no need to rank anything
+        if k == 1 or len(scores) == 1:
+            order = np.array([best])
+        else:
+            k = min(k, len(scores))
+            order = np.argpartition(-scores, k - 1)[:k]
+            order = order[np.argsort(-scores[order])]
+        found = order if rows is None else rows[order]
+        return [(int(self._ids[r]), float(scores[o])) for r, o in zip(found, order, strict=True)
+                if scores[o] >= min_score]
+
+    def _candidates(self, vector: np.ndarray, size: int) -> np.ndarray | None:
+        """Rows worth scoring exactly, or None to score them all."""
+        if size < BINARY_FROM:
+            return None
+        distances = np.bitwise_count(self._bits[:size] ^ sign_bits(vector)[0]).sum(
+            axis=1, dtype=np.uint16)
+        return np.argpartition(distances, RERANK)[:RERANK]
 
     def _grow(self) -> None:
         capacity = len(self._matrix) * 2
-        matrix = np.zeros((capacity, self.dim), dtype=np.float32)
-        matrix[: len(self._matrix)] = self._matrix
-        ids = np.zeros(capacity, dtype=np.int64)
-        ids[: len(self._ids)] = self._ids
-        self._matrix, self._ids = matrix, ids
+        self._matrix = _grown(self._matrix, capacity)
+        self._bits = _grown(self._bits, capacity)
+        self._ids = _grown(self._ids, capacity)
+
+
+def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
+    bigger = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
+    bigger[: len(array)] = array
+    return bigger

@@ -135,9 +135,8 @@ class SemanticCache:
         assert result.vector is not None and result.key.text is not None
         guard = self.guard if use_guard else None
         k = CANDIDATES if guard else 1
-        for entry, score in await self.backend.nearest(result.key.scope, result.vector, now, k):
-            if score < limit:
-                break
+        found = await self.backend.nearest(result.key.scope, result.vector, now, k, limit)
+        for entry, score in found:
             reason = self._check(guard, result.key.text, entry.text or "") if guard else None
             if reason is None:
                 result.hit = Hit(entry, score, "semantic")

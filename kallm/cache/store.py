@@ -43,7 +43,7 @@ class CacheBackend(Protocol):
     async def get_exact(self, exact: str, now: float) -> Entry | None: ...
 
     async def nearest(
-        self, scope: str, vector: np.ndarray, now: float, k: int = 1
+        self, scope: str, vector: np.ndarray, now: float, k: int = 1, min_score: float = -1.0
     ) -> list[tuple[Entry, float]]: ...
 
     async def put(self, entry: Entry) -> None: ...
@@ -87,11 +87,12 @@ class MemoryBackend:
         return entry
 
     async def nearest(
-        self, scope: str, vector: np.ndarray, now: float, k: int = 1
+        self, scope: str, vector: np.ndarray, now: float, k: int = 1, min_score: float = -1.0
     ) -> list[tuple[Entry, float]]:
         index = self._scopes.get(scope)
         while index is not None and len(index):
-            found = [(self._entries[i], score) for i, score in index.nearest(vector, k)]
+            found = [(self._entries[i], score)
+                     for i, score in index.nearest(vector, k, min_score)]
             expired = [entry for entry, _ in found if entry.expires_at <= now]
             if not expired:
                 return found

@@ -110,6 +110,8 @@ class JsonFormatter(logging.Formatter):
             payload |= fields
         else:
             payload["message"] = record.getMessage()
+        if record.exc_info:
+            payload["traceback"] = self.formatException(record.exc_info)
         return json.dumps(payload, ensure_ascii=False)
 
 
@@ -119,7 +121,10 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "kallm_fields", None)
         if fields is None:
-            return record.getMessage()
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + self.formatException(record.exc_info)
+            return message
         parts = [str(fields["method"]), str(fields["path"])]
         if fields.get("model"):
             parts.append(str(fields["model"]))
@@ -144,8 +149,10 @@ def configure_logging(json_lines: bool, level: str = "info") -> None:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
     else:
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        handler = RichHandler(show_path=False, markup=False, rich_tracebacks=False)
+        handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False,
+                              rich_tracebacks=False)
         handler.setFormatter(TextFormatter())
     root.addHandler(handler)
