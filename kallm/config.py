@@ -24,7 +24,10 @@ from kallm.providers.config import AliasConfig, ProviderConfig, parse_aliases, p
 
 APP_NAME = "kallm"
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# "mo" is 30 days: budget periods ("1mo") need a month; calendar months are not worth the
+# surprise of a budget that resets on different days of the week.
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
+                   "mo": 30 * 86400}
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2}
 
 
@@ -56,6 +59,13 @@ class Settings:
     max_body_bytes: int = 10 * 1000**2
     log_json: bool = False
     log_level: str = "info"
+    auth: str = "off"  # "virtual-keys": every request needs a key made by `kallm keys create`
+    admin_key: str | None = None
+    db_path: Path | None = field(default_factory=lambda: default_data_dir() / "kallm.db")
+    keys_dir: Path | None = None
+    log_requests: bool = True
+    log_bodies: bool = False
+    log_retention: float = 30 * 86400.0
     # structured tables of kallm.toml, parsed in kallm.providers.config
     providers: tuple[ProviderConfig, ...] = ()
     aliases: tuple[AliasConfig, ...] = ()
@@ -71,9 +81,9 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*", str(value).lower())
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|mo|s|m|h|d|w)?\s*", str(value).lower())
         if not match:
-            raise ValueError("a duration such as 90s, 30m, 24h or 7d")
+            raise ValueError("a duration such as 90s, 30m, 24h, 7d or 1mo")
         seconds = float(match[1]) * _DURATION_UNITS[match[2] or "s"]
     if seconds < 0:
         raise ValueError("a duration of zero or more")
@@ -207,6 +217,13 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("log_json", "log.json", ("KALLM_LOG_JSON",), parse_bool),
     SettingSpec("log_level", "log.level", ("KALLM_LOG_LEVEL",),
                 parse_choice("debug", "info", "warning", "error")),
+    SettingSpec("auth", "auth.mode", ("KALLM_AUTH",), parse_choice("off", "virtual-keys")),
+    SettingSpec("admin_key", "auth.admin_key", ("KALLM_ADMIN_KEY",), parse_secret, secret=True),
+    SettingSpec("keys_dir", "auth.keys_dir", ("KALLM_KEYS_DIR",), parse_optional_path),
+    SettingSpec("db_path", "db.path", ("KALLM_DB",), parse_optional_path),
+    SettingSpec("log_requests", "log.requests", ("KALLM_LOG_REQUESTS",), parse_bool),
+    SettingSpec("log_bodies", "log.bodies", ("KALLM_LOG_BODIES",), parse_bool),
+    SettingSpec("log_retention", "log.retention", ("KALLM_LOG_RETENTION",), parse_duration),
 )
 SPEC_BY_FIELD = {spec.field: spec for spec in SPECS}
 STRUCTURED_FIELDS = frozenset({"providers", "aliases"})

@@ -113,6 +113,8 @@ class CacheCollector(Collector):
         yield _counter("kallm_saved_usd", "Estimated spend avoided by cache hits.",
                        stats.saved_usd)
         yield _counter("kallm_saved_tokens", "Tokens served from the cache.", stats.saved_tokens)
+        yield _counter("kallm_log_rows_dropped", "Request-log rows (and spend writes) the "
+                       "database could not take.", runtime.accounts.dropped_rows)
         keeper = runtime.keeper
         if keeper is not None and keeper.last_saved is not None:
             yield _gauge("kallm_cache_snapshot_age_seconds", "Seconds since the cache file was "

@@ -24,6 +24,7 @@ from kallm.config import Settings
 from kallm.embed import Embedder, create_embedder
 from kallm.metrics import Metrics
 from kallm.providers.router import Router
+from kallm.server.accounts import Accounts
 
 log = logging.getLogger("kallm.server")
 
@@ -39,6 +40,7 @@ class Runtime:
         self.settings = settings
         self.router = Router(settings)
         self.prices = PriceTable()
+        self.accounts = Accounts(settings, self.prices)
         self.metrics = Metrics(self)
         self.started_at = time.time()
         self._embedder = embedder
@@ -47,6 +49,7 @@ class Runtime:
     async def start(self) -> None:
         settings = self.settings
         await self.router.start()
+        await self.accounts.start()
         default = self.router.default
         assert default.session is not None
         embedder = self._embedder or create_embedder(
@@ -75,6 +78,7 @@ class Runtime:
             except OSError as exc:
                 log.error("cache: final snapshot to %s failed: %s", self.keeper.path, exc)
         await self.router.close()
+        await self.accounts.stop()
 
 
 RUNTIME = web.AppKey("kallm.runtime", Runtime)
@@ -100,6 +104,7 @@ def create_app(
     settings: Settings, *, embedder: Embedder | None = None, guard: HitGuard | None = None
 ) -> web.Application:
     """The whole server as an aiohttp app; usable as a library and in tests."""
+    from kallm.server.admin import add_routes as add_admin_routes
     from kallm.server.chat import chat_completions
     from kallm.server.middleware import request_context
     from kallm.server.ops import health, metrics, stats
@@ -112,6 +117,7 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/stats", stats)
     app.router.add_get("/metrics", metrics)
+    add_admin_routes(app)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)

@@ -35,11 +35,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     body = await request.read()
     payload = parse_chat_request(body)
-    runtime.router.resolve(payload["model"])  # an unknown model is a 404 before any lookup
-    controls = CacheControls.from_headers(request.headers)
     record = request_log(request)
     record.model = payload["model"]
-    key = cache_key(payload, controls.namespace)
+    if runtime.settings.log_bodies:
+        record.request_body = body.decode(errors="replace")
+    admission = await runtime.accounts.admit(request, payload["model"], payload, record)
+    runtime.router.resolve(payload["model"])  # an unknown model is a 404 before any lookup
+    controls = CacheControls.from_headers(request.headers)
+    namespace = controls.namespace
+    if admission is not None and admission.key.namespace:
+        namespace = f"{admission.key.namespace}|{namespace}"  # a tenant cannot step outside
+    key = cache_key(payload, namespace)
     if controls.lookup:
         lookup = await runtime.cache.lookup(
             key, threshold=controls.threshold, use_guard=controls.guard and runtime.settings.guard
@@ -67,7 +73,11 @@ async def _serve_hit(request: web.Request, payload: dict[str, Any], hit: Hit) ->
     record = request_log(request)
     record.cache, record.similarity = "HIT", hit.similarity
     record.usage = Usage.from_openai(completion.get("usage"))
-    headers = {CACHE_HEADER: "HIT", SIMILARITY_HEADER: f"{hit.similarity:.4f}"}
+    record.saved_usd = hit.entry.cost_usd
+    if request.app[RUNTIME].settings.log_bodies:
+        record.response_body = _compact(completion)
+    headers = {CACHE_HEADER: "HIT", SIMILARITY_HEADER: f"{hit.similarity:.4f}",
+               **_rate_headers(record)}
     if payload.get("stream") is not True:
         return web.json_response(completion, headers=headers, dumps=_compact)
     response = _event_stream(headers)
@@ -87,7 +97,10 @@ async def _relay(
     """Route, send (with retries and fallbacks), then relay JSON or a stream."""
     stream = payload.get("stream") is True
     routes = runtime.router.resolve(payload["model"])
-    call = ChatCall(payload, raw, routes[0].model, stream, request.headers)
+    client_headers = request.headers
+    if runtime.accounts.enabled:  # a virtual key is ours: the provider gets its own key
+        client_headers = forwardable(request.headers, frozenset({"authorization"}))
+    call = ChatCall(payload, raw, routes[0].model, stream, client_headers)
     started = time.perf_counter()
     opened = await runtime.router.open_chat(routes, call)
     provider, upstream = opened.route.provider, opened.response
@@ -96,6 +109,7 @@ async def _relay(
     headers = forwardable(upstream.headers, _DROP_RESPONSE)
     headers[CACHE_HEADER] = "MISS"
     headers[PROVIDER_HEADER] = f"{provider.name}/{opened.route.model}"
+    headers.update(_rate_headers(record))
     async with upstream:
         if not stream or upstream.status != 200:
             with provider.errors():
@@ -173,6 +187,8 @@ async def _remember(
     usage = Usage.from_openai(completion.get("usage"))
     record.usage = usage
     record.cost_usd = runtime.prices.cost(str(completion.get("model") or record.model), usage)
+    if runtime.settings.log_bodies:
+        record.response_body = body.decode(errors="replace")
     choices = completion.get("choices")
     if store is None or not choices or not all(c.get("finish_reason") for c in choices):
         return
@@ -186,6 +202,10 @@ def _event_stream(headers: Any) -> web.StreamResponse:
     response.content_type = "text/event-stream"
     response.headers["Cache-Control"] = "no-cache"
     return response
+
+
+def _rate_headers(record: RequestLog) -> dict[str, str]:
+    return record.admission.rate_headers if record.admission is not None else {}
 
 
 def _wants_usage(payload: dict[str, Any]) -> bool:

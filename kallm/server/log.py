@@ -13,6 +13,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -42,6 +43,11 @@ class RequestLog:
     provider: str | None = None
     upstream_model: str | None = None  # the name the provider knows the model by
     cost_usd: float = 0.0
+    saved_usd: float = 0.0  # what the cached answer cost originally (hits only)
+    key_id: str | None = None
+    admission: Any = None  # kallm.server.accounts.Admission when virtual keys are on
+    request_body: str | None = None  # kept only when log.bodies is on
+    response_body: str | None = None
     note: str | None = None
 
     @property
@@ -69,6 +75,8 @@ class RequestLog:
             out |= {"prompt_tokens": self.usage.prompt_tokens,
                     "completion_tokens": self.usage.completion_tokens,
                     "total_tokens": self.usage.total_tokens}
+        if self.key_id:
+            out["key_id"] = self.key_id
         if self.provider:
             out["provider"] = self.provider
             out["upstream_model"] = self.upstream_model

@@ -10,13 +10,14 @@ from aiohttp.typedefs import Handler
 
 from kallm.errors import KallmError, PayloadTooLarge
 from kallm.server.app import RUNTIME
-from kallm.server.log import emit, start_request_log
+from kallm.server.log import RequestLog, emit, start_request_log
 
 log = logging.getLogger("kallm.server")
 
 
 def error_response(error: KallmError) -> web.Response:
-    return web.json_response(error.to_body(), status=error.status)
+    return web.json_response(error.to_body(), status=error.status,
+                             headers=getattr(error, "headers", None))
 
 
 @web.middleware
@@ -24,12 +25,22 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Give every request an id and a log line; turn every failure into OpenAI's error JSON."""
     request_id = request.headers.get("X-Request-Id") or secrets.token_hex(8)
     record = start_request_log(request, request_id)
+    runtime = request.app[RUNTIME]
+    try:
+        response = await _answer(request, handler, record)
+    finally:
+        await runtime.accounts.finish(record)
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler, record: RequestLog) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
     try:
         response = await handler(request)
     except KallmError as exc:
         response = error_response(exc)
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[RUNTIME].settings.max_body_bytes
+        limit = runtime.settings.max_body_bytes
         response = error_response(PayloadTooLarge(
             f"request body is over the {limit:,}-byte limit (server.max_body_size)"))
     except web.HTTPException as exc:
@@ -39,15 +50,17 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except ConnectionResetError:
         record.status, record.note = 499, "client disconnected"
         emit(record)
-        request.app[RUNTIME].metrics.observe(record)
+        runtime.metrics.observe(record)
         raise
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         response = error_response(KallmError("internal error in kallm; see the server log"))
-    response.headers.setdefault("X-Request-Id", request_id)
+    response.headers.setdefault("X-Request-Id", record.request_id)
+    if record.admission is not None and not response.prepared:
+        response.headers.update(record.admission.rate_headers)
     record.status = response.status
     emit(record)
-    request.app[RUNTIME].metrics.observe(record)
+    runtime.metrics.observe(record)
     return response
 
 

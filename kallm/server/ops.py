@@ -53,6 +53,8 @@ async def stats(request: web.Request) -> web.Response:
         "embedder": cache.embedder.name,
         "similarity_threshold": cache.threshold,
         "snapshot_saved_at": runtime.keeper.last_saved if runtime.keeper else None,
+        "log_rows_written": runtime.accounts.writer.written if runtime.accounts.writer else 0,
+        "log_rows_dropped": runtime.accounts.dropped_rows,
         "uptime_seconds": round(time.time() - runtime.started_at, 1),
     })
 

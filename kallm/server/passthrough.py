@@ -21,18 +21,24 @@ from kallm.server.log import request_log
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
     body = await request.read() if request.can_read_body else None
-    provider = request.app[RUNTIME].router.default
+    runtime = request.app[RUNTIME]
+    await runtime.accounts.admit(request, None, None, request_log(request))
+    provider = runtime.router.default
     return await relay(request, provider, "/" + request.match_info["tail"], body)
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     """Route by model; rewrite the model name when an alias or provider/model named it."""
-    router = request.app[RUNTIME].router
+    runtime = request.app[RUNTIME]
+    router = runtime.router
     body = await request.read()
     try:
         payload = json.loads(body)
         model = payload["model"]
     except (ValueError, KeyError, TypeError):
+        payload, model = None, None
+    await runtime.accounts.admit(request, model, None, request_log(request))
+    if model is None:
         return await relay(request, router.default, "/embeddings", body)  # upstream judges it
     route = router.resolve(str(model))[0]
     if route.provider.kind != "openai":
@@ -45,6 +51,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
+    await runtime.accounts.admit(request, None, None, request_log(request))
     if not runtime.settings.providers:
         return await relay(request, runtime.router.default, "/models", None)
     now = int(time.time())
@@ -56,8 +63,10 @@ async def models(request: web.Request) -> web.StreamResponse:
 async def relay(
     request: web.Request, upstream: Provider, path: str, body: bytes | None
 ) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
     headers = forwardable(request.headers, frozenset({"authorization"}))
-    headers["Authorization"] = authorization(upstream, request.headers)
+    client = {} if runtime.accounts.enabled else request.headers  # never forward a virtual key
+    headers["Authorization"] = authorization(upstream, client)
     request_log(request).provider = upstream.name
     upstream_response = await upstream.send(
         request.method, upstream.url(path, request.query_string), headers, body
