@@ -148,7 +148,7 @@ def test_models_lists_configuration(fleet: Fleet) -> None:
 
 
 def test_missing_provider_key_is_a_clear_401(make_proxy: Any, loop_thread: LoopThread) -> None:
-    anthropic, runner, url = loop_thread.run(start_fake_anthropic())
+    _anthropic, runner, url = loop_thread.run(start_fake_anthropic())
     try:
         proxy = make_proxy(providers=(ProviderConfig("anthropic", "anthropic", url, None,
                                                      "ANTHROPIC_API_KEY", ("claude-*",)),))
@@ -157,3 +157,16 @@ def test_missing_provider_key_is_a_clear_401(make_proxy: Any, loop_thread: LoopT
         assert reply.status == 401 and "ANTHROPIC_API_KEY" in reply.json()["error"]["message"]
     finally:
         stop(loop_thread, runner)
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-flash"])
+def test_streamed_spend_equals_non_streamed(fleet: Fleet, model: str) -> None:
+    """Peers price streams at $0; kallm asks for usage in the stream and prices it the same."""
+    messages = [{"role": "user", "content": "Describe the ocean in a sentence"}]
+    spend = fleet.proxy.runtime.metrics.spend
+    list(fleet.client.chat.completions.create(model=model, messages=messages, stream=True))
+    streamed = spend.labels(model)._value.get()
+    fleet.client.chat.completions.create(model=model, messages=messages,
+                                         extra_headers={"Cache-Control": "no-cache"})
+    plain = spend.labels(model)._value.get() - streamed
+    assert streamed > 0 and streamed == pytest.approx(plain)

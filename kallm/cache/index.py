@@ -5,17 +5,19 @@ one matrix-vector product over exactly the live rows. Capacity doubles as the
 scope grows, so adding is amortised O(dim).
 
 A brute-force scan reads the whole matrix (10 MB at 10,000 entries of 256
-dims, 100 MB at 100,000), so past ``BINARY_FROM`` rows the scan runs first on
-sign bits (32 bytes a row, Hamming distance with ``np.bitwise_count``) and only
-the closest ``RERANK`` rows are scored exactly. On Banking77 the true nearest
-neighbour of every query that scores ≥ 0.9 is among those rows.
+dims, 100 MB at 100,000): inside a busy server that memory is rarely in the CPU
+cache, so past ``BINARY_FROM`` rows the scan runs first on sign bits (32 bytes
+a row, Hamming distance with ``np.bitwise_count``) and only the closest
+``RERANK`` rows are scored exactly. On Banking77 (10,000 cached queries) the
+true nearest neighbour of every query that scores ≥ 0.9 is among those rows;
+at 10,000 rows a cold lookup drops from ~0.97 ms to ~0.34 ms.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-BINARY_FROM = 32_768
+BINARY_FROM = 4_096
 RERANK = 128
 
 
