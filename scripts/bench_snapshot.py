@@ -18,8 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kallm.cache.persistence import SnapshotKeeper  # noqa: E402
-from kallm.cache.store import Entry, MemoryBackend  # noqa: E402
+from kallm.cache.persistence import SnapshotKeeper
+from kallm.cache.store import Entry, MemoryBackend
 
 
 def fill(backend: MemoryBackend, count: int, dim: int = 256) -> None:

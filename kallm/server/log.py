@@ -160,7 +160,10 @@ def configure_logging(json_lines: bool, level: str = "info") -> None:
         from rich.console import Console
         from rich.logging import RichHandler
 
-        handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False,
+        # Off a terminal (docker logs, files) rich would wrap at 80 columns: one record
+        # must stay one line for grep and log collectors.
+        console = Console(stderr=True, width=None if sys.stderr.isatty() else 10_000)
+        handler = RichHandler(console=console, show_path=False, markup=False,
                               rich_tracebacks=False)
         handler.setFormatter(TextFormatter())
     root.addHandler(handler)

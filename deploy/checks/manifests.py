@@ -1,0 +1,351 @@
+"""Checks on kallm's deployment files that schema validation alone cannot make.
+
+Used by scripts/check-deploy.sh; each subcommand prints what it checked and exits 1 with
+one line per problem.
+
+    render RENDERED OUTDIR   (needs PyYAML; run with the tools venv)
+        Split `helm template` output: built-in kinds go to OUTDIR/builtin.yaml for
+        kubernetes-validate; custom resources (ServiceMonitor), whose schemas
+        kubernetes-validate does not ship, are checked here against the Service they
+        select. Also checks the chart's promises (one replica, Recreate, drain time,
+        non-root, read-only root with writable /data and /tmp, probes on /health, the
+        env kallm needs) and writes OUTDIR/kallm-config.json (kallm.toml + literal env).
+    kallm-config JSON        (stdlib + kallm; run with kallm's interpreter)
+        Feed that kallm.toml and env to kallm's own settings loader: the chart's
+        configuration must be accepted by the kallm it deploys.
+    compose FILE             (needs PyYAML) docker-compose.yml keeps its promises.
+    wheel WHEEL ROOT         (stdlib) the wheel the Dockerfile installs carries every
+        package data file under ROOT/kallm and the `kallm` console script.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+# Custom resources the chart may render, each with its own check below.
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+REQUIRED_ENV = {
+    "KALLM_HOST": "0.0.0.0",
+    "KALLM_CONFIG": "/etc/kallm/kallm.toml",
+    "KALLM_CACHE_FILE": "/data/cache.kallm",
+    "KALLM_DB": "/data/kallm.db",
+    "KALLM_LOG_JSON": "true",
+}
+MIN_GRACE_SECONDS = 35  # kallm drains for up to 30 s, then writes its snapshot
+_DURATION = re.compile(r"^(\d+(ms|s|m|h))+$")
+
+
+class Problems:
+    def __init__(self, what: str):
+        self.what = what
+        self.items: list[str] = []
+
+    def check(self, ok: Any, message: str) -> bool:
+        if not ok:
+            self.items.append(message)
+        return bool(ok)
+
+    def finish(self, summary: str) -> None:
+        if self.items:
+            for item in self.items:
+                print(f"  FAIL {self.what}: {item}")
+            sys.exit(1)
+        print(f"  ok   {self.what}: {summary}")
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(ms|s|m|h)", duration))
+
+
+def _is_builtin(api_version: str) -> bool:
+    group = api_version.rpartition("/")[0]
+    return "." not in group or group.endswith(".k8s.io")
+
+
+# -- render -----------------------------------------------------------------------------
+
+
+def cmd_render(rendered: str, outdir: str) -> None:
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(Path(rendered).read_text()) if d]
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    p = Problems(Path(rendered).name)
+
+    builtin, custom = [], []
+    for doc in docs:
+        key = (doc.get("apiVersion", ""), doc.get("kind", ""))
+        if _is_builtin(key[0]):
+            builtin.append(doc)
+        elif p.check(key in CUSTOM_KINDS, f"custom resource {key} has no check"):
+            custom.append(doc)
+    (out / "builtin.yaml").write_text(yaml.safe_dump_all(builtin, sort_keys=False))
+
+    by_kind: dict[str, list[dict]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    deployments = by_kind.get("Deployment", [])
+    services = by_kind.get("Service", [])
+    if not (p.check(len(deployments) == 1, f"{len(deployments)} Deployments, expected 1")
+            and p.check(len(services) == 1, f"{len(services)} Services, expected 1")):
+        p.finish("")
+    dep, svc = deployments[0], services[0]
+    _check_deployment(p, dep, by_kind)
+    _check_service(p, svc, dep)
+    for sm in custom:
+        _check_service_monitor(p, sm, svc)
+    (out / "kallm-config.json").write_text(json.dumps(_kallm_config(dep, by_kind)))
+    (out / "builtin.count").write_text(str(len(builtin)))
+    kinds = ", ".join(sorted(f"{k}x{len(v)}" if len(v) > 1 else k for k, v in by_kind.items()))
+    p.finish(f"{len(docs)} manifests ({kinds}); {len(custom)} custom checked here")
+
+
+def _container(dep: dict) -> dict:
+    containers = dep["spec"]["template"]["spec"]["containers"]
+    return next((c for c in containers if c.get("name") == "kallm"), containers[0])
+
+
+def _check_deployment(p: Problems, dep: dict, by_kind: dict[str, list[dict]]) -> None:
+    spec = dep["spec"]
+    pod = spec["template"]["spec"]
+    c = _container(dep)
+    p.check(spec.get("replicas") == 1, f"replicas is {spec.get('replicas')}, must be 1")
+    p.check(spec.get("strategy", {}).get("type") == "Recreate", "strategy must be Recreate")
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    p.check(grace >= MIN_GRACE_SECONDS,
+            f"terminationGracePeriodSeconds {grace} < {MIN_GRACE_SECONDS}")
+
+    env = {e["name"]: e for e in c.get("env", [])}
+    for name, value in REQUIRED_ENV.items():
+        p.check(env.get(name, {}).get("value") == value, f"env {name} must be {value!r}")
+    names = [e["name"] for e in c.get("env", [])]
+    p.check(len(names) == len(set(names)), f"duplicate env names: {names}")
+
+    pod_sc, c_sc = pod.get("securityContext", {}), c.get("securityContext", {})
+    p.check(c_sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, "must run as non-root")
+    p.check(c_sc.get("readOnlyRootFilesystem") is True, "root filesystem must be read-only")
+    p.check(c_sc.get("allowPrivilegeEscalation") is False, "privilege escalation must be off")
+
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for path in ("/data", "/tmp"):
+        m = mounts.get(path)
+        if p.check(m, f"{path} is not mounted"):
+            p.check(not m.get("readOnly"), f"{path} must be writable")
+    tmp = volumes.get(mounts.get("/tmp", {}).get("name"), {})
+    p.check("emptyDir" in tmp, "/tmp must be an emptyDir")
+    data = volumes.get(mounts.get("/data", {}).get("name"), {})
+    p.check("persistentVolumeClaim" in data or "emptyDir" in data, "/data: PVC or emptyDir")
+    if "persistentVolumeClaim" in data:
+        claim = data["persistentVolumeClaim"]["claimName"]
+        pvcs = {d["metadata"]["name"] for d in by_kind.get("PersistentVolumeClaim", [])}
+        if claim in pvcs:
+            pvc = next(d for d in by_kind["PersistentVolumeClaim"]
+                       if d["metadata"]["name"] == claim)
+            p.check(pvc["spec"].get("accessModes"), "PVC has no accessModes")
+    config = mounts.get("/etc/kallm/kallm.toml")
+    if p.check(config, "/etc/kallm/kallm.toml is not mounted"):
+        cm_name = volumes.get(config["name"], {}).get("configMap", {}).get("name")
+        cms = {d["metadata"]["name"]: d for d in by_kind.get("ConfigMap", [])}
+        p.check(cm_name in cms and config.get("subPath") in cms[cm_name].get("data", {}),
+                "kallm.toml mount does not point at a rendered ConfigMap key")
+    keys_dir = env.get("KALLM_KEYS_DIR", {}).get("value")
+    keys = mounts.get(keys_dir)
+    if p.check(keys, f"KALLM_KEYS_DIR {keys_dir!r} is not a mounted directory"):
+        p.check(keys.get("readOnly") and not keys.get("subPath"),
+                "the virtual keys directory must be a read-only mount without subPath")
+
+    ports = {port.get("name"): port for port in c.get("ports", [])}
+    p.check(ports.get("http", {}).get("containerPort") == 8080, "container port http/8080")
+    for kind in ("livenessProbe", "readinessProbe"):
+        get = c.get(kind, {}).get("httpGet", {})
+        p.check(get.get("path") == "/health" and get.get("port") in ("http", 8080),
+                f"{kind} must GET /health on the http port")
+    res = c.get("resources", {})
+    p.check(res.get("requests") and res.get("limits"), "resources need requests and limits")
+
+    secrets = {d["metadata"]["name"]: d for d in by_kind.get("Secret", [])}
+    for source in c.get("envFrom", []):
+        name = source.get("secretRef", {}).get("name")
+        for key in secrets.get(name, {}).get("data", {}):
+            p.check(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key),
+                    f"Secret {name} key {key!r} is not an environment variable name")
+    for e in c.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref and ref["name"] in secrets:
+            p.check(ref["key"] in secrets[ref["name"]].get("data", {}),
+                    f"env {e['name']}: key {ref['key']} not in Secret {ref['name']}")
+
+
+def _check_service(p: Problems, svc: dict, dep: dict) -> None:
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    selector = svc["spec"].get("selector", {})
+    p.check(selector and selector.items() <= pod_labels.items(),
+            "Service selector does not select the kallm pod")
+    p.check(selector.items() <= dep["spec"]["selector"]["matchLabels"].items(),
+            "Service selector differs from the Deployment selector")
+    container_ports = {port.get("name") for port in _container(dep).get("ports", [])}
+    for port in svc["spec"]["ports"]:
+        target = port.get("targetPort")
+        p.check(target in container_ports or target == 8080,
+                f"Service port {port.get('name')} targets {target}, not a container port")
+
+
+def _check_service_monitor(p: Problems, sm: dict, svc: dict) -> None:
+    spec = sm.get("spec", {})
+    known = {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels",
+             "podTargetLabels", "sampleLimit", "targetLimit", "attachMetadata"}
+    p.check(set(spec) <= known, f"ServiceMonitor: unknown spec fields {set(spec) - known}")
+    match = spec.get("selector", {}).get("matchLabels", {})
+    p.check(match and match.items() <= svc["metadata"].get("labels", {}).items(),
+            "ServiceMonitor selector does not match the Service's labels")
+    names = spec.get("namespaceSelector", {}).get("matchNames")
+    svc_ns = svc["metadata"].get("namespace")
+    p.check(names is None or svc_ns in names,
+            f"ServiceMonitor namespaceSelector {names} misses the Service namespace {svc_ns}")
+    svc_ports = {port.get("name") for port in svc["spec"]["ports"]}
+    endpoints = spec.get("endpoints") or []
+    p.check(endpoints, "ServiceMonitor has no endpoints")
+    for ep in endpoints:
+        p.check(ep.get("port") in svc_ports, f"ServiceMonitor port {ep.get('port')} not on Service")
+        p.check(str(ep.get("path", "/metrics")).startswith("/"), "ServiceMonitor path needs a /")
+        interval, timeout = str(ep.get("interval", "30s")), str(ep.get("scrapeTimeout", "10s"))
+        interval_ok = p.check(_DURATION.match(interval), f"interval {interval!r}: not a duration")
+        timeout_ok = p.check(_DURATION.match(timeout), f"scrapeTimeout {timeout!r}: not a duration")
+        if interval_ok and timeout_ok:
+            p.check(_seconds(timeout) <= _seconds(interval), "scrapeTimeout exceeds interval")
+
+
+def _kallm_config(dep: dict, by_kind: dict[str, list[dict]]) -> dict[str, Any]:
+    """kallm.toml and the environment kallm would see (literal values, rendered Secrets)."""
+    import base64
+
+    c = _container(dep)
+    secrets = {d["metadata"]["name"]: d for d in by_kind.get("Secret", [])}
+    env: dict[str, str] = {}
+    for source in c.get("envFrom", []):
+        secret = secrets.get(source.get("secretRef", {}).get("name"))
+        for key, value in (secret or {}).get("data", {}).items():
+            env[source.get("prefix", "") + key] = base64.b64decode(value).decode()
+    env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+    toml = ""
+    for cm in by_kind.get("ConfigMap", []):
+        toml = cm.get("data", {}).get("kallm.toml", toml)
+    return {"toml": toml, "env": env}
+
+
+# -- kallm-config -----------------------------------------------------------------------
+
+
+def cmd_kallm_config(path: str) -> None:
+    from kallm.config import load_settings
+    from kallm.errors import ConfigError
+
+    spec = json.loads(Path(path).read_text())
+    p = Problems(f"kallm settings from {Path(path).parent.name}")
+    with tempfile.TemporaryDirectory() as tmp:
+        toml = Path(tmp) / "kallm.toml"
+        toml.write_text(spec["toml"], encoding="utf-8")
+        environ = {**spec["env"], "KALLM_CONFIG": str(toml)}
+        try:
+            loaded = load_settings(environ=environ)
+        except ConfigError as exc:
+            p.check(False, f"kallm rejects the chart's configuration: {exc.message}")
+            p.finish("")
+            return
+    s = loaded.settings
+    p.check(s.host == "0.0.0.0", f"host {s.host}")
+    p.check(s.port == 8080, f"port {s.port}")
+    p.check(s.log_json is True, "log_json is off")
+    p.check(str(s.cache_file) == "/data/cache.kallm", f"cache_file {s.cache_file}")
+    if hasattr(s, "db_path"):
+        p.check(str(s.db_path) == "/data/kallm.db", f"db_path {s.db_path}")
+    if hasattr(s, "keys_dir"):
+        p.check(str(s.keys_dir) == spec["env"].get("KALLM_KEYS_DIR"), f"keys_dir {s.keys_dir}")
+    if "OPENAI_API_KEY" in spec["env"]:
+        p.check(s.upstream_api_key == spec["env"]["OPENAI_API_KEY"], "OPENAI_API_KEY unused")
+    for provider in getattr(s, "providers", ()):
+        if provider.api_key_env in spec["env"]:
+            p.check(provider.api_key, f"provider {provider.name}: {provider.api_key_env} unused")
+    from_file = sorted(f for f, src in loaded.sources.items() if src.startswith("file"))
+    providers = [prov.name for prov in getattr(s, "providers", ())]
+    p.finish(f"accepted by kallm (from kallm.toml: {', '.join(from_file) or 'nothing'}"
+             + (f"; providers {', '.join(providers)}" if providers else "") + ")")
+
+
+# -- compose ----------------------------------------------------------------------------
+
+
+def cmd_compose(path: str) -> None:
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text())
+    p = Problems(Path(path).name)
+    svc = (doc.get("services") or {}).get("kallm")
+    if not p.check(svc, "no kallm service"):
+        p.finish("")
+    p.check(svc.get("build") or svc.get("image"), "kallm: neither build nor image")
+    p.check(any(str(port).endswith(":8080") or str(port) == "8080"
+                for port in svc.get("ports", [])), "kallm: port 8080 not published")
+    env_files = svc.get("env_file", [])
+    env_files = [env_files] if isinstance(env_files, str | dict) else env_files
+    p.check(any((f if isinstance(f, str) else f.get("path")) == ".env" for f in env_files),
+            "kallm: env_file .env missing")
+    env = svc.get("environment", {})
+    p.check(env.get("KALLM_HOST") == "0.0.0.0", "kallm: KALLM_HOST must be 0.0.0.0")
+    for name in ("KALLM_CACHE_FILE", "KALLM_DB"):
+        p.check(str(env.get(name, "")).startswith("/data/"), f"kallm: {name} must be in /data")
+    named = set((doc.get("volumes") or {}).keys())
+    data = [str(v).split(":")[0] for v in svc.get("volumes", [])
+            if str(v).split(":")[1:2] == ["/data"]]
+    p.check(data and data[0] in named, "kallm: /data must be a named volume")
+    hc = svc.get("healthcheck", {})
+    p.check(hc.get("test") and "/health" in " ".join(map(str, hc["test"])),
+            "kallm: healthcheck must probe /health")
+    grace = str(svc.get("stop_grace_period", "10s"))
+    p.check(_DURATION.match(grace) and _seconds(grace) >= MIN_GRACE_SECONDS,
+            f"kallm: stop_grace_period {grace} < {MIN_GRACE_SECONDS}s")
+    p.finish("kallm service: port 8080, .env, named /data volume, healthcheck, "
+             f"stop_grace_period {grace}")
+
+
+# -- wheel ------------------------------------------------------------------------------
+
+
+def cmd_wheel(wheel: str, root: str) -> None:
+    p = Problems(Path(wheel).name)
+    names = set(zipfile.ZipFile(wheel).namelist())
+    pkg = Path(root) / "kallm"
+    wanted = sorted(
+        f.relative_to(root).as_posix()
+        for d in (pkg / "embed" / "data", pkg / "data") for f in d.rglob("*")
+        if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
+    )
+    for name in wanted:
+        p.check(name in names, f"missing package data {name}")
+    p.check("kallm/cli/app.py" in names, "missing kallm/cli/app.py")
+    entry = next((n for n in names if n.endswith(".dist-info/entry_points.txt")), None)
+    p.check(entry and "kallm = kallm.cli.app:main" in zipfile.ZipFile(wheel).read(entry).decode(),
+            "no `kallm` console script")
+    p.finish(f"{len(names)} files, all {len(wanted)} package data files, `kallm` script")
+
+
+def main(argv: list[str]) -> None:
+    commands = {"render": (cmd_render, 2), "kallm-config": (cmd_kallm_config, 1),
+                "compose": (cmd_compose, 1), "wheel": (cmd_wheel, 2)}
+    if not argv or argv[0] not in commands or len(argv) - 1 != commands[argv[0]][1]:
+        sys.exit(__doc__)
+    func, _ = commands[argv[0]]
+    func(*argv[1:])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
