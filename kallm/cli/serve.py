@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from kallm.cli.common import CONFIG_OPTION, fail, settings_from
+from kallm.errors import KallmError
 from kallm.server.log import configure_logging
 
 
@@ -29,6 +30,11 @@ def serve(
                                                "embedding model (env KALLM_EMBEDDING_MODEL)."),
     cache_file: str | None = typer.Option(None, help="Snapshot file ('off' to keep the cache in "
                                           "memory only) (env KALLM_CACHE_FILE)."),
+    db: str | None = typer.Option(None, "--db", help="SQLite database for keys and the request "
+                                  "log ('off' for none) (env KALLM_DB)."),
+    keys_dir: str | None = typer.Option(None, help="Also load virtual keys from this directory "
+                                        "of mounted Secrets (env KALLM_KEYS_DIR)."),
+    auth: str | None = typer.Option(None, help="off or virtual-keys (env KALLM_AUTH)."),
     log_json: bool | None = typer.Option(None, "--log-json/--log-text",
                                          help="JSON lines instead of readable logs "
                                          "(env KALLM_LOG_JSON)."),
@@ -37,7 +43,7 @@ def serve(
     loaded = settings_from(
         config, host=host, port=port, upstream_base_url=upstream, similarity_threshold=threshold,
         cache_ttl=cache_ttl, max_cache_size=max_cache_size, embedding_model=embedding_model,
-        cache_file=cache_file, log_json=log_json,
+        cache_file=cache_file, log_json=log_json, db_path=db, keys_dir=keys_dir, auth=auth,
     )
     settings = loaded.settings
     configure_logging(settings.log_json, settings.log_level)
@@ -45,6 +51,8 @@ def serve(
 
     try:
         run_server(settings)
+    except KallmError as exc:  # a start-up failure the user can act on: one line
+        fail(exc.message)
     except OSError as exc:
         fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
 

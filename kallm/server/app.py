@@ -48,8 +48,8 @@ class Runtime:
 
     async def start(self) -> None:
         settings = self.settings
+        await self.accounts.start()  # first: it can refuse to start, before sessions exist
         await self.router.start()
-        await self.accounts.start()
         default = self.router.default
         assert default.session is not None
         embedder = self._embedder or create_embedder(
@@ -118,6 +118,8 @@ def create_app(
     app.router.add_get("/stats", stats)
     app.router.add_get("/metrics", metrics)
     add_admin_routes(app)
+    from kallm.server.cacheadmin import add_routes as add_cache_admin_routes
+    add_cache_admin_routes(app)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
