@@ -95,9 +95,11 @@ class SemanticCache:
         self._embed_failed_logged = False
 
     async def lookup(
-        self, key: CacheKey, *, threshold: float | None = None, use_guard: bool = True
+        self, key: CacheKey, *, threshold: float | None = None, use_guard: bool = True,
+        count: bool = True,
     ) -> Lookup:
-        """Find an answer for ``key``; counts a hit or miss in ``stats``."""
+        """Find an answer for ``key``; counts a hit or miss in ``stats`` unless ``count`` is
+        off (imports ask whether an entry exists; nobody was served or saved anything)."""
         started = time.perf_counter()
         result = Lookup(key)
         now = self._clock()
@@ -112,9 +114,10 @@ class SemanticCache:
                 limit = self.threshold if threshold is None else threshold
                 await self._search(result, limit, use_guard, now)
         result.seconds = time.perf_counter() - started
-        self._count(result)
-        if result.hit is not None:
-            await self.backend.touch(result.hit.entry, now)
+        if count:
+            self._count(result)
+            if result.hit is not None:
+                await self.backend.touch(result.hit.entry, now)
         return result
 
     async def store(

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from kallm.accounts.keys import EDITABLE, KeyStore
 from kallm.errors import AuthenticationError, KallmError, RequestError
-from kallm.server.app import RUNTIME
+from kallm.server.app import RUNTIME, Runtime
 
 
 class AdminDisabled(KallmError):
@@ -23,7 +23,8 @@ class AdminDisabled(KallmError):
     code = "admin_disabled"
 
 
-def _store(request: web.Request) -> KeyStore:
+def require_admin(request: web.Request) -> Runtime:
+    """The caller holds the admin key (compared in constant time), or the request stops."""
     runtime = request.app[RUNTIME]
     admin_key = runtime.settings.admin_key
     if not admin_key:
@@ -32,6 +33,11 @@ def _store(request: web.Request) -> KeyStore:
     token = supplied[7:].strip() if supplied.lower().startswith("bearer ") else ""
     if not hmac.compare_digest(token.encode(), admin_key.encode()):
         raise AuthenticationError("Invalid admin key.")
+    return runtime
+
+
+def _store(request: web.Request) -> KeyStore:
+    runtime = require_admin(request)
     if runtime.accounts.store is None:
         raise KallmError("kallm runs without a database (db.path); keys need one")
     return runtime.accounts.store
