@@ -214,3 +214,27 @@ def test_unusable_database_still_serves(make_proxy: Any, tmp_path: Path) -> None
     reply = Http(proxy.root).post("/v1/chat/completions", {
         "model": MODEL, "messages": [{"role": "user", "content": "no database"}]})
     assert reply.status == 200
+
+
+def test_revocation_outlives_a_stale_secret_and_bad_files_do_not_block(
+    make_proxy: Any, tmp_path: Path, loop_thread: LoopThread
+) -> None:
+    from kallm.server.admin import record_for_secret
+
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    elsewhere = KeyStore(connect(tmp_path / "elsewhere.db"))
+    mounted, secret = elsewhere.create("mounted")
+    clash, _ = elsewhere.create("taken")  # a name the server already uses for another key
+    good, good_secret = elsewhere.create("good")
+    for record in (mounted, clash, good):
+        (keys_dir / f"{record.id}.json").write_text(json.dumps(record_for_secret(record)))
+    settings = {"auth": "virtual-keys", "db_path": tmp_path / "kallm.db", "keys_dir": keys_dir}
+    KeyStore(connect(tmp_path / "kallm.db")).create("taken")
+    first = make_proxy(**settings)
+    assert ask(client(first, good_secret), "the good key loads despite the clash").choices
+    first.runtime.accounts.store.revoke(mounted.id)
+    stop(loop_thread, first.runner)
+    second = make_proxy(**settings)  # re-reads every Secret file at start
+    with pytest.raises(openai.AuthenticationError):
+        ask(client(second, secret), "revoked stays revoked")

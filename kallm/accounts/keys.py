@@ -143,9 +143,11 @@ class KeyStore:
     def upsert_policy(self, record: KeyRecord) -> None:
         """Insert a key from a mounted Secret, or update its policy; spend stays as counted."""
         names = [c for c in _COLUMNS if c not in ("spend_usd", "saved_usd", "last_used",
-                                                  "period_start")]
+                                                  "period_start", "revoked")]
         values = dict(zip(_COLUMNS, _row(record), strict=True))
         updates = ", ".join(f"{c} = excluded.{c}" for c in names if c != "id")
+        # a revocation made here outlives the Secret file, which still says "not revoked"
+        updates += ", revoked = COALESCE(keys.revoked, excluded.revoked)"
         with self.conn:
             self.conn.execute(
                 f"INSERT INTO keys ({', '.join(_COLUMNS)}) VALUES "
@@ -170,30 +172,37 @@ class KeyStore:
         return record_from_row(row) if row else None
 
     def update(self, ref: str, **changes: Any) -> KeyRecord:
-        record = replace(self.get(ref), **_checked(changes))
-        self._save(record)
+        changes = _checked(changes)
+        record = replace(self.get(ref), **changes)
+        self._save(record, changes)
         return record
 
     def revoke(self, ref: str) -> KeyRecord:
         record = self.get(ref)
         if record.revoked is None:
             record = replace(record, revoked=time.time())
-            self._save(record)
+            self._save(record, {"revoked"})
         return record
 
     def rotate(self, ref: str) -> tuple[KeyRecord, str]:
         """A new secret for the same key: id, name, policy and spend stay."""
         secret = new_secret()
         record = replace(self.get(ref), prefix=secret[:SHOWN_PREFIX], hash=hash_secret(secret))
-        self._save(record)
+        self._save(record, {"prefix", "hash"})
         return record, secret
 
-    def _save(self, record: KeyRecord) -> None:
-        sets = ", ".join(f"{c} = ?" for c in _COLUMNS if c != "id")
+    def _save(self, record: KeyRecord, columns: Any) -> None:
+        """Write only ``columns``: spend is the server's to write, never a stale copy's."""
+        names = [c for c in _COLUMNS if c in columns]
+        if not names:
+            return
         values = dict(zip(_COLUMNS, _row(record), strict=True))
-        with self.conn:
-            self.conn.execute(f"UPDATE keys SET {sets} WHERE id = ?",
-                              (*[values[c] for c in _COLUMNS if c != "id"], record.id))
+        try:
+            with self.conn:
+                self.conn.execute(f"UPDATE keys SET {', '.join(f'{c} = ?' for c in names)} "
+                                  "WHERE id = ?", (*[values[c] for c in names], record.id))
+        except sqlite3.IntegrityError:
+            raise KeyConflict(f"a key named {record.name!r} already exists") from None
 
 
 def _checked(policy: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from kallm import __version__
-from kallm.cli import config, serve
+from kallm.cli import bench, config, keys, serve, stats
+from kallm.cli import warm as warm_cli
 
 app = typer.Typer(
     name="kallm",
@@ -34,6 +35,10 @@ def root(
 
 serve.register(app)
 config.register(app)
+warm_cli.register(app)
+keys.register(app)
+stats.register(app)
+bench.register(app)
 
 
 def main() -> None:

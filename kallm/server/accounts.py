@@ -32,6 +32,7 @@ log = logging.getLogger("kallm.accounts")
 
 DEFAULT_RESERVE_OUTPUT_TOKENS = 1024  # reserved when a request sets no max_tokens
 REFRESH_SECONDS = 2.0
+OPS = frozenset({"/health", "/stats", "/metrics"})  # probes would flood the request log
 
 
 class ModelNotAllowed(KallmError):
@@ -111,7 +112,11 @@ class Accounts:
         assert self.store is not None
         if self.keys_dir is not None:
             for record in self.keys_dir.changed():
-                self.store.upsert_policy(record)
+                try:
+                    self.store.upsert_policy(record)
+                except sqlite3.IntegrityError as exc:  # one bad file must not stop the rest
+                    log.warning("key file for %r (%s) not loaded: %s", record.name, record.id,
+                                exc)
             for key_id in self.keys_dir.removed():
                 with contextlib.suppress(KallmError):
                     self.store.revoke(key_id)
@@ -185,7 +190,7 @@ class Accounts:
                 await self.limits.add_tokens(admission.key, record.usage.total_tokens, now)
             if record.saved_usd:
                 await self.ledger.add_saved(admission.key, record.saved_usd, now)
-        if self.writer is not None and self.settings.log_requests:
+        if self.writer is not None and self.settings.log_requests and record.path not in OPS:
             self.writer.log(_row(record, now, self.settings.log_bodies))
 
     def _persist_spend(self, key_id: str, spend: float, saved: float, period_start: float) -> None:

@@ -1,0 +1,153 @@
+"""``kallm bench``: the run reports every cell it promises, quality recommends a threshold,
+and the simulated upstream that ships in the package speaks OpenAI well enough for the SDK.
+
+Speed is reported, never asserted: these tests check that the figures exist and
+are sane (requests answered, no errors, the cache headers each cell is about).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from kallm.bench.quality import PairsError, parse_thresholds, read_pairs, recommend
+from kallm.bench.upstream import start_upstream
+from kallm.cli.app import app
+from tests.harness import LoopThread
+
+DATA = Path(__file__).parent / "data"
+CELLS = ("direct", "kallm miss", "kallm exact hit", "kallm paraphrase hit")
+
+
+def test_bench_run_quick_reports_every_cell(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "run", "--quick", "--concurrency", "1,4",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    cells = {(c["name"], c["concurrency"]): c for c in report["cells"]}
+    assert set(cells) == {(name, c) for name in CELLS for c in (1, 4)}
+    for (name, _), cell in cells.items():
+        assert cell["requests"] > 0 and cell["errors"] == 0, cell
+        assert cell["p50_ms"] > 0 and cell["p50_ms"] <= cell["p90_ms"] <= cell["p99_ms"]
+        assert cell["rps"] > 0
+        if name == "direct":
+            assert cell["cache_headers"] == {"-": cell["requests"]}  # never went through kallm
+        else:
+            expected = "MISS" if name == "kallm miss" else "HIT"
+            assert cell["cache_headers"] == {expected: cell["requests"]}, cell
+            assert "added_p50_ms" in cell
+    assert cells["kallm paraphrase hit", 1]["similarity"]["min"] < 1.0  # semantic, not exact
+    stats = report["kallm_stats"]
+    assert stats["total_hits"] > 0 and stats["total_misses"] > 0
+    assert report["meta"]["upstream"]["kind"] == "simulated"
+    assert set(report["summary"]) == {"1", "4"}
+    assert "kallm paraphrase hit" in result.output and str(out) in result.output
+
+
+def test_bench_with_options_only_means_run() -> None:
+    """``kallm bench --opt`` goes to ``run``: its options are parsed (a bad one is named)."""
+    result = CliRunner().invoke(app, ["bench", "--embedder", "nope"])
+    assert result.exit_code == 2
+    assert "--embedder" in result.output
+
+
+def test_bench_run_rejects_a_bad_latency(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["bench", "run", "--upstream-latency", "soon",
+                                      "--json", str(tmp_path / "x.json")])
+    assert result.exit_code == 2
+    assert "--upstream-latency" in result.output
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_quality_recommends_a_threshold(tmp_path: Path) -> None:
+    out = tmp_path / "quality.json"
+    result = CliRunner().invoke(app, ["bench", "quality", "--pairs",
+                                      str(DATA / "guard_pairs.jsonl"), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "recommended: cache.similarity_threshold" in result.output
+    report = json.loads(out.read_text())
+    rows = report["thresholds"]
+    assert [r["threshold"] for r in rows] == parse_thresholds("0.80:0.99:0.01")
+    assert all("precision" in r and "recall" in r for r in rows)
+    scored = [r for r in rows if r["precision"] is not None]
+    assert scored[-1]["precision"] >= scored[0]["precision"]
+    recalls = [r["recall"] for r in rows]
+    assert recalls == sorted(recalls, reverse=True)  # a higher bar never finds more
+    best = report["recommended"]
+    assert best["precision"] >= report["target_precision"]
+    assert best["threshold"] == min(r["threshold"] for r in scored
+                                    if r["precision"] >= report["target_precision"])
+    assert report["guard"] is True and report["pairs"] == 329
+
+
+def test_quality_without_the_guard_lets_more_wrong_hits_through(tmp_path: Path) -> None:
+    """guard_pairs is made of near-misses the guard exists for: without it, some get through."""
+    paths = {flag: tmp_path / f"{flag}.json" for flag in ("--guard", "--no-guard")}
+    for flag, path in paths.items():
+        result = CliRunner().invoke(app, ["bench", "quality", "--pairs",
+                                          str(DATA / "guard_pairs.jsonl"), flag,
+                                          "--thresholds", "0.85,0.95", "--json", str(path)])
+        assert result.exit_code == 0, result.output
+    on, off = (json.loads(p.read_text())["thresholds"] for p in paths.values())
+    assert sum(r["fp"] for r in off) > sum(r["fp"] for r in on)
+
+
+def test_pairs_in_either_format(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        '{"text_a": "How do I reset my PIN?", "text_b": "How can I reset my PIN?", "label": 1}\n'
+        "\n"
+        '{"a": "Lock the door", "b": "Unlock the door", "label": "must_not_hit"}\n')
+    pairs = read_pairs(path)
+    assert [(p.a, p.duplicate) for p in pairs] == [("How do I reset my PIN?", True),
+                                                    ("Lock the door", False)]
+    path.write_text('{"a": "x", "b": "y", "label": "maybe"}\n')
+    with pytest.raises(PairsError, match=r"pairs\.jsonl:1"):
+        read_pairs(path)
+
+
+def test_thresholds_and_recommendation() -> None:
+    assert parse_thresholds("0.9:0.92:0.01") == [0.9, 0.91, 0.92]
+    assert parse_thresholds("0.95,0.9") == [0.9, 0.95]
+    with pytest.raises(ValueError):
+        parse_thresholds("0.9:0.8:0.01")
+    rows = [{"threshold": 0.8, "precision": 0.9}, {"threshold": 0.85, "precision": 0.98},
+            {"threshold": 0.9, "precision": 0.96}, {"threshold": 0.95, "precision": None}]
+    best = recommend(rows, 0.97)
+    assert best is not None and best["threshold"] == 0.85
+    assert recommend(rows, 0.99) is None
+
+
+@pytest.fixture
+def simulated(loop_thread: LoopThread) -> Iterator[str]:
+    runner, url = loop_thread.run(start_upstream())
+    yield url
+    loop_thread.run(runner.cleanup())
+
+
+def test_simulated_upstream_answers_the_openai_sdk(simulated: str) -> None:
+    client = openai.OpenAI(base_url=simulated, api_key="sk-anything", max_retries=0)
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "What is DNS?"}]
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    assert reply.choices[0].message.content == "Answer to: What is DNS?"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None and reply.usage.total_tokens > 0
+
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Answer to: What is DNS?"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert [m.id for m in client.models.list()]
+
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[])
