@@ -20,6 +20,7 @@ from kallm.cache.scope import cache_key
 from kallm.cache.semantic import Hit, Lookup
 from kallm.errors import KallmError, UpstreamError
 from kallm.providers.base import ChatCall, Provider, StreamRelay, forwardable
+from kallm.providers.router import Route
 from kallm.providers.sse import StreamAssembler, event_data, iter_events, replay_events
 from kallm.server.app import RUNTIME, Runtime
 from kallm.server.log import RequestLog, request_log
@@ -40,7 +41,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if runtime.settings.log_bodies:
         record.request_body = body.decode(errors="replace")
     admission = await runtime.accounts.admit(request, payload["model"], payload, record)
-    runtime.router.resolve(payload["model"])  # an unknown model is a 404 before any lookup
+    routes = runtime.router.resolve(payload["model"])  # an unknown model: 404 before any lookup
     controls = CacheControls.from_headers(request.headers)
     namespace = controls.namespace
     if admission is not None and admission.key.namespace:
@@ -61,7 +62,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         record.note = (f"guard refused {refusal.similarity:.4f} {refusal.reason}: "
                        f"{refusal.candidate[:80]!r}")
     store = lookup if controls.store else None
-    return await _relay(request, runtime, payload, body, store)
+    return await _relay(request, runtime, routes, payload, body, store)
 
 
 # ---------------------------------------------------------------- hits
@@ -91,12 +92,11 @@ async def _serve_hit(request: web.Request, payload: dict[str, Any], hit: Hit) ->
 # ---------------------------------------------------------------- misses
 
 async def _relay(
-    request: web.Request, runtime: Runtime, payload: dict[str, Any], raw: bytes,
-    store: Lookup | None,
+    request: web.Request, runtime: Runtime, routes: list[Route], payload: dict[str, Any],
+    raw: bytes, store: Lookup | None,
 ) -> web.StreamResponse:
-    """Route, send (with retries and fallbacks), then relay JSON or a stream."""
+    """Send along the routes (with retries and fallbacks), then relay JSON or a stream."""
     stream = payload.get("stream") is True
-    routes = runtime.router.resolve(payload["model"])
     client_headers = request.headers
     if runtime.accounts.enabled:  # a virtual key is ours: the provider gets its own key
         client_headers = forwardable(request.headers, frozenset({"authorization"}))
