@@ -6,6 +6,7 @@ kallm routing between them, and the real openai SDK as the only client.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -163,10 +164,19 @@ def test_missing_provider_key_is_a_clear_401(make_proxy: Any, loop_thread: LoopT
 def test_streamed_spend_equals_non_streamed(fleet: Fleet, model: str) -> None:
     """Peers price streams at $0; kallm asks for usage in the stream and prices it the same."""
     messages = [{"role": "user", "content": "Describe the ocean in a sentence"}]
-    spend = fleet.proxy.runtime.metrics.spend
+    spend = fleet.proxy.runtime.metrics.spend.labels(model)
+
+    def after(previous: float) -> float:
+        """The counter once the server has finished the request (it counts after the
+        last byte is sent, so the client can be a moment ahead)."""
+        deadline = time.monotonic() + 5
+        while spend._value.get() == previous and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return spend._value.get()
+
     list(fleet.client.chat.completions.create(model=model, messages=messages, stream=True))
-    streamed = spend.labels(model)._value.get()
+    streamed = after(0.0)
     fleet.client.chat.completions.create(model=model, messages=messages,
                                          extra_headers={"Cache-Control": "no-cache"})
-    plain = spend.labels(model)._value.get() - streamed
+    plain = after(streamed) - streamed
     assert streamed > 0 and streamed == pytest.approx(plain)

@@ -21,7 +21,7 @@ from kallm.cache.semantic import Hit, Lookup
 from kallm.errors import KallmError, UpstreamError
 from kallm.providers.base import ChatCall, Provider, StreamRelay, forwardable
 from kallm.providers.router import Route
-from kallm.providers.sse import StreamAssembler, event_data, iter_events, replay_events
+from kallm.providers.sse import DONE, StreamAssembler, event_data, iter_events, replay_events
 from kallm.server.app import RUNTIME, Runtime
 from kallm.server.log import RequestLog, request_log
 from kallm.server.request import CacheControls, parse_chat_request
@@ -129,6 +129,9 @@ async def _relay(
     if assembler is not None and assembler.done and assembler.complete:
         completion = assembler.completion()
         await _remember(request, runtime, store, completion, _compact(completion).encode())
+    if assembler is not None and assembler.done:
+        # [DONE] goes out only now: a client that has seen the end finds the answer cached
+        await response.write(DONE)
     await response.write_eof()
     return response
 
@@ -170,7 +173,8 @@ async def _forward(
     data = event_data(raw)
     if data == b"[DONE]":
         assembler.done = True
-    elif data is not None:
+        return  # written by the caller once the answer is stored
+    if data is not None:
         chunk = json.loads(data)
         assembler.feed(chunk)
         if not client_wants_usage and not chunk.get("choices") and chunk.get("usage"):
