@@ -84,5 +84,5 @@ def cache_key(request: dict[str, Any], namespace: str = "") -> CacheKey:
         return CacheKey(scope=scope, exact=scope, text=None)
     text = normalise_text(last_text)
     scope = _digest({"ns": namespace, "params": params, "history": messages[:-1]})
-    exact = _digest({"scope": scope, "text": text})
+    exact = hashlib.blake2b(f"{scope}\x00{text}".encode(), digest_size=16).hexdigest()
     return CacheKey(scope=scope, exact=exact, text=text)
