@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import platformdirs
 
+from kallm.accounts.pricing import Price, parse_price_overrides
 from kallm.errors import ConfigError
 from kallm.providers.config import AliasConfig, ProviderConfig, parse_aliases, parse_providers
 
@@ -69,6 +70,7 @@ class Settings:
     # structured tables of kallm.toml, parsed in kallm.providers.config
     providers: tuple[ProviderConfig, ...] = ()
     aliases: tuple[AliasConfig, ...] = ()
+    prices: tuple[tuple[str, Price], ...] = ()  # [prices.MODEL] overrides of the shipped table
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -226,8 +228,8 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("log_retention", "log.retention", ("KALLM_LOG_RETENTION",), parse_duration),
 )
 SPEC_BY_FIELD = {spec.field: spec for spec in SPECS}
-STRUCTURED_FIELDS = frozenset({"providers", "aliases"})
-STRUCTURED_SECTIONS = frozenset({"providers", "models"})
+STRUCTURED_FIELDS = frozenset({"providers", "aliases", "prices"})
+STRUCTURED_SECTIONS = frozenset({"providers", "models", "prices"})
 assert set(SPEC_BY_FIELD) | STRUCTURED_FIELDS == {f.name for f in fields(Settings)}, (
     "every setting needs a spec"
 )
@@ -326,4 +328,5 @@ def load_settings(
     origin = f"config file {path}"
     values["providers"] = parse_providers(document, environ, origin)
     values["aliases"] = parse_aliases(document, values["providers"], origin)
+    values["prices"] = tuple(parse_price_overrides(document, origin).items())
     return LoadedSettings(Settings(**values), sources, path if path.exists() else None)

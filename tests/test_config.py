@@ -107,3 +107,22 @@ def test_serve_with_bad_setting_prints_one_line_no_traceback() -> None:
 def test_version() -> None:
     result = run_cli("--version", env={})
     assert result.returncode == 0 and result.stdout.startswith("kallm ")
+
+
+def test_prices_can_be_overridden_per_model(tmp_path: Path) -> None:
+    from kallm.accounts.pricing import PriceTable, Usage
+
+    config = write(tmp_path / "kallm.toml",
+                   '[prices."llama3.2"]\ninput = 0.1\noutput = 0.2\n'
+                   '[prices."gpt-4o-mini"]\ninput = 1.0\ncached_input = 0.5\noutput = 2.0\n')
+    settings = load_settings(config, environ={}).settings
+    table = PriceTable(overrides=dict(settings.prices))
+    assert table.cost("llama3.2", Usage(1_000_000, 1_000_000)) == pytest.approx(0.3)
+    assert table.cost("gpt-4o-mini", Usage(2_000_000, 0, 1_000_000)) == pytest.approx(1.5)
+    assert PriceTable().cost("llama3.2", Usage(1_000_000, 1_000_000)) == 0.0
+
+
+def test_bad_price_override_is_one_clear_error(tmp_path: Path) -> None:
+    config = write(tmp_path / "kallm.toml", '[prices."x"]\ninput = "cheap"\noutput = 1\n')
+    with pytest.raises(ConfigError, match="USD per million tokens"):
+        load_settings(config, environ={})

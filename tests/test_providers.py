@@ -180,3 +180,17 @@ def test_streamed_spend_equals_non_streamed(fleet: Fleet, model: str) -> None:
                                          extra_headers={"Cache-Control": "no-cache"})
     plain = after(streamed) - streamed
     assert streamed > 0 and streamed == pytest.approx(plain)
+
+
+def test_gemini_errors_come_back_in_openai_shape(fleet: Fleet) -> None:
+    fleet.gemini.fail_status = 400
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(fleet, "gemini-2.5-flash", "hello")
+    assert caught.value.body and "message" in caught.value.body
+
+
+def test_alias_falls_back_on_500(fleet: Fleet) -> None:
+    fleet.anthropic.fail_status = 500
+    reply = chat(fleet, "fast", "Name a river in Africa")
+    assert reply.headers["x-kallm-provider"] == "openai/gpt-4o-mini"
+    assert fleet.anthropic.calls["/v1/messages"] == 2

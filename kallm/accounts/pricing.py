@@ -55,11 +55,34 @@ def shipped_prices() -> dict[str, Price]:
     return {name: Price(*values) for name, values in raw["models"].items()}
 
 
-class PriceTable:
-    """Looks a model up exactly, then by the longest listed prefix."""
+def parse_price_overrides(document: Mapping[str, Any], origin: str) -> dict[str, Price]:
+    """``[prices."model"] input = 2.5, cached_input = 1.25, output = 10.0`` (USD per 1M tokens)."""
+    from kallm.errors import ConfigError
 
-    def __init__(self, prices: Mapping[str, Price] | None = None):
+    raw = document.get("prices", {})
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{origin}: [prices.MODEL] tables expected")
+    overrides = {}
+    for model, table in raw.items():
+        if not isinstance(table, Mapping) or not {"input", "output"} <= set(table) or not all(
+            isinstance(table.get(k, 0), int | float) and table.get(k, 0) >= 0
+            for k in ("input", "cached_input", "output")
+        ):
+            raise ConfigError(f"{origin}: [prices.{model!r}] needs input and output (and "
+                              "optionally cached_input) in USD per million tokens, >= 0")
+        overrides[str(model)] = Price(float(table["input"]),
+                                      float(table.get("cached_input", table["input"])),
+                                      float(table["output"]))
+    return overrides
+
+
+class PriceTable:
+    """Looks a model up exactly, then by the longest listed prefix; kallm.toml overrides win."""
+
+    def __init__(self, prices: Mapping[str, Price] | None = None,
+                 overrides: Mapping[str, Price] | None = None):
         self._prices = dict(shipped_prices() if prices is None else prices)
+        self._prices.update(overrides or {})
         self._by_length = sorted(self._prices, key=len, reverse=True)
 
     def price_of(self, model: str) -> Price | None:

@@ -39,7 +39,7 @@ class Runtime:
                  guard: HitGuard | None = None):
         self.settings = settings
         self.router = Router(settings)
-        self.prices = PriceTable()
+        self.prices = PriceTable(overrides=dict(settings.prices))
         self.accounts = Accounts(settings, self.prices)
         self.metrics = Metrics(self)
         self.started_at = time.time()
