@@ -131,6 +131,9 @@ def _merge_tool_calls(calls: list[dict[str, Any]], deltas: list[dict[str, Any]])
         for name in ("name", "arguments"):
             if function.get(name):
                 call["function"][name] += function[name]
+        for name, value in delta.items():  # provider extras (Gemini's thought signatures)
+            if name not in ("index", "id", "type", "function") and value is not None:
+                call[name] = value
 
 
 # ---------------------------------------------------------------- replay
