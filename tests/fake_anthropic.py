@@ -10,9 +10,6 @@ response and SSE event sequence. Steering mirrors ``tests.fake_upstream``.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import json
 import re
 import uuid
@@ -21,7 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fake_upstream import Headers, RecordedRequest, count_tokens
+from tests.fake_base import FakeServer, start
+from tests.fake_upstream import count_tokens
 
 MESSAGES_PATH = "/v1/messages"
 _TOP_LEVEL = frozenset({"model", "messages", "max_tokens", "system", "metadata", "stop_sequences",
@@ -57,7 +55,7 @@ def _invalid(message: str) -> AnthropicError:
     return AnthropicError(400, message)
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeServer):
     """Steering (``reset()`` clears it): ``fail_status`` / ``fail_times`` / ``fail_message``
     as in the OpenAI fake; ``stall_seconds`` before headers; ``cut_stream_after`` N SSE
     events then drop the socket (never reaching message_delta / message_stop);
@@ -66,46 +64,19 @@ class FakeAnthropic:
     ``cache_creation_tokens`` reported in usage. Observation: ``calls``, ``requests``.
     """
 
-    def __init__(self) -> None:
-        self.app = web.Application()
-        self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self.app.on_shutdown.append(self._on_shutdown)
-        self._closing = asyncio.Event()
-        self.base_url: str | None = None
-        self.reset()
-
     def reset(self) -> None:
-        self.fail_status: int | None = None
-        self.fail_times: int | None = None
-        self.fail_message: str | None = None
-        self.stall_seconds = 0.0
-        self.cut_stream_after: int | None = None
+        super().reset()
         self.stream_error_after: int | None = None
-        self.reply: str | None = None
         self.api_key: str | None = None
         self.cache_read_tokens = 0
         self.cache_creation_tokens = 0
         self.signatures: set[str] = set()
-        self.calls: collections.Counter[str] = collections.Counter()
-        self.requests: list[RecordedRequest] = []
-
-    async def _on_shutdown(self, _app: web.Application) -> None:
-        self._closing.set()
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            parsed = json.loads(raw) if raw else None
-        except (ValueError, UnicodeDecodeError):
-            parsed = None
-        self.calls[request.path] += 1
-        self.requests.append(RecordedRequest(request.method, request.path, dict(request.query),
-                                             Headers(request.headers.items()), parsed, raw))
+        _raw, parsed = await self.record(request)
         headers = {"request-id": f"req_{uuid.uuid4().hex[:24]}"}
         try:
-            if self.stall_seconds > 0:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), self.stall_seconds)
+            await self.pause(self.stall_seconds)
             if (request.method, request.path) != ("POST", MESSAGES_PATH):
                 raise AnthropicError(404, "Not Found")
             self._check_headers(request)
@@ -130,14 +101,9 @@ class FakeAnthropic:
             raise _invalid("anthropic-version: header is required")
 
     def _maybe_fail(self) -> None:
-        if self.fail_status is None and self.fail_times is None:
-            return
-        if self.fail_times is not None:
-            if self.fail_times <= 0:
-                return
-            self.fail_times -= 1
-        status = self.fail_status or 500
-        raise AnthropicError(status, self.fail_message or _ERROR_TEXT.get(status, "Injected"))
+        status = self.armed_failure()
+        if status is not None:
+            raise AnthropicError(status, self.fail_message or _ERROR_TEXT.get(status, "Injected"))
 
     # -- the fake "model" ---------------------------------------------------------
 
@@ -529,9 +495,5 @@ async def start_fake_anthropic(
 ) -> tuple[FakeAnthropic, web.AppRunner, str]:
     """Start on ``port`` (0: the OS picks); return (fake, runner, base URL without /v1)."""
     fake = FakeAnthropic()
-    runner = web.AppRunner(fake.app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    bound_host, bound_port = runner.addresses[0][:2]
-    fake.base_url = f"http://{bound_host}:{bound_port}"
-    return fake, runner, fake.base_url
+    runner, base_url = await start(fake, host, port)
+    return fake, runner, base_url

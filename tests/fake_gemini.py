@@ -12,11 +12,8 @@ Google's ``{"error": {"code", "message", "status"}}`` shape. Streams are
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import collections
-import contextlib
 import json
 import re
 import uuid
@@ -24,7 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fake_upstream import Headers, RecordedRequest, count_tokens
+from tests.fake_base import FakeServer, start
+from tests.fake_upstream import count_tokens
 
 SKIP_SIGNATURE = "skip_thought_signature_validator"
 _PATH = re.compile(r"^/v1beta/((?:models|tunedModels)/[^/:]+):(generateContent|"
@@ -80,7 +78,7 @@ def _invalid(message: str) -> GeminiError:
     return GeminiError(400, message)
 
 
-class FakeGemini:
+class FakeGemini(FakeServer):
     """Steering (``reset()`` clears it): ``fail_status`` / ``fail_times`` / ``fail_message``,
     ``stall_seconds``, ``cut_stream_after`` (N events, then the socket drops before any
     finishReason), ``reply``, ``api_key`` (None: any), ``cached_tokens`` (reported as
@@ -89,45 +87,18 @@ class FakeGemini:
     ``calls``, ``requests``, ``signatures`` (thought signatures handed out).
     """
 
-    def __init__(self) -> None:
-        self.app = web.Application()
-        self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self.app.on_shutdown.append(self._on_shutdown)
-        self._closing = asyncio.Event()
-        self.base_url: str | None = None
-        self.reset()
-
     def reset(self) -> None:
-        self.fail_status: int | None = None
-        self.fail_times: int | None = None
-        self.fail_message: str | None = None
-        self.stall_seconds = 0.0
-        self.cut_stream_after: int | None = None
-        self.reply: str | None = None
+        super().reset()
         self.api_key: str | None = None
         self.cached_tokens = 0
         self.finish_reason: str | None = None
         self.block_prompt: str | None = None
         self.signatures: set[str] = set()
-        self.calls: collections.Counter[str] = collections.Counter()
-        self.requests: list[RecordedRequest] = []
-
-    async def _on_shutdown(self, _app: web.Application) -> None:
-        self._closing.set()
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
+        _raw, parsed = await self.record(request)
         try:
-            parsed = json.loads(raw) if raw else None
-        except (ValueError, UnicodeDecodeError):
-            parsed = None
-        self.calls[request.path] += 1
-        self.requests.append(RecordedRequest(request.method, request.path, dict(request.query),
-                                             Headers(request.headers.items()), parsed, raw))
-        try:
-            if self.stall_seconds > 0:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), self.stall_seconds)
+            await self.pause(self.stall_seconds)
             match = _PATH.match(request.path)
             if request.method != "POST" or match is None:
                 raise GeminiError(404, f"Method not found: {request.method} {request.path}")
@@ -159,14 +130,9 @@ class FakeGemini:
                 "domain": "googleapis.com"}])
 
     def _maybe_fail(self) -> None:
-        if self.fail_status is None and self.fail_times is None:
-            return
-        if self.fail_times is not None:
-            if self.fail_times <= 0:
-                return
-            self.fail_times -= 1
-        status = self.fail_status or 500
-        raise GeminiError(status, self.fail_message or _TEXT.get(status, "Injected failure."))
+        status = self.armed_failure()
+        if status is not None:
+            raise GeminiError(status, self.fail_message or _TEXT.get(status, "Injected failure."))
 
     # -- the fake "model" ---------------------------------------------------------
 
@@ -551,9 +517,5 @@ async def start_fake_gemini(
 ) -> tuple[FakeGemini, web.AppRunner, str]:
     """Start on ``port`` (0: the OS picks); return (fake, runner, base URL without /v1beta)."""
     fake = FakeGemini()
-    runner = web.AppRunner(fake.app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    bound_host, bound_port = runner.addresses[0][:2]
-    fake.base_url = f"http://{bound_host}:{bound_port}"
-    return fake, runner, fake.base_url
+    runner, base_url = await start(fake, host, port)
+    return fake, runner, base_url

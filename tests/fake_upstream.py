@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import collections
 import contextlib
 import functools
 import hashlib
@@ -30,11 +29,15 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from tests.fake_base import FakeServer, start
+from tests.fake_base import Headers as Headers  # re-exported: tests import it from here
+from tests.fake_base import RecordedRequest as RecordedRequest
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
@@ -116,38 +119,6 @@ class UpstreamError(Exception):
         }
 
 
-class Headers(dict[str, str]):
-    """Request headers as a plain dict, but case-insensitive like HTTP.
-
-    Keys are stored lower-cased; lookups fold case, so ``headers["Authorization"]``
-    and ``headers["authorization"]`` both work whatever the client sent.
-    """
-
-    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        super().__init__((key.lower(), value) for key, value in items)
-
-    def __getitem__(self, key: str) -> str:
-        return super().__getitem__(key.lower())
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and super().__contains__(key.lower())
-
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        return super().get(key.lower(), default)
-
-
-@dataclass
-class RecordedRequest:
-    """One request as the fake received it, so tests can assert what the proxy forwarded."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: Headers
-    json: Any | None
-    body: bytes
-
-
 @dataclass
 class _Turn:
     """What the fake "model" decided to say for one choice."""
@@ -166,7 +137,7 @@ class _Turn:
 Handler = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
 
 
-class FakeUpstream:
+class FakeUpstream(FakeServer):
     """Owns an aiohttp app; state is plain attributes so tests can steer it.
 
     Steering (all off by default; ``reset()`` turns them off again):
@@ -188,37 +159,22 @@ class FakeUpstream:
     tell the choices apart.
     """
 
+    base_path = "/v1"
+
     def __init__(self) -> None:
-        self.app = web.Application()
-        # One catch-all route: every request is recorded before routing, and
-        # unknown paths still get OpenAI's 404 envelope rather than aiohttp's.
-        self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self.app.on_startup.append(self._on_startup)
-        self.app.on_shutdown.append(self._on_shutdown)
+        super().__init__()
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", CHAT_PATH): self._chat,
             ("POST", COMPLETIONS_PATH): self._completions,
             ("POST", EMBEDDINGS_PATH): self._embeddings,
             ("GET", MODELS_PATH): self._models,
         }
-        # Set on shutdown so stalls and chunk delays end at once instead of
-        # holding runner.cleanup() hostage.
-        self._closing = asyncio.Event()
-        self.base_url: str | None = None
-        self.reset()
 
     def reset(self) -> None:
         """Clear steering and observation, so one fake can serve many tests."""
-        self.fail_status: int | None = None
-        self.fail_times: int | None = None
-        self.fail_message: str | None = None
+        super().reset()
         self.retry_after_ms: int | None = None
-        self.stall_seconds: float = 0.0
-        self.cut_stream_after: int | None = None
         self.chunk_delay: float = 0.0
-        self.reply: str | None = None
-        self.calls: collections.Counter[str] = collections.Counter()
-        self.requests: list[RecordedRequest] = []
 
     @property
     def chat_calls(self) -> int:
@@ -232,34 +188,10 @@ class FakeUpstream:
 
     # -- plumbing -------------------------------------------------------------
 
-    async def _on_startup(self, _app: web.Application) -> None:
-        self._closing.clear()
-
-    async def _on_shutdown(self, _app: web.Application) -> None:
-        self._closing.set()
-
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake early when the server shuts down."""
-        if seconds > 0:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), seconds)
-
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        parsed = _parse_json(raw)
-        self.calls[request.path] += 1
-        self.requests.append(
-            RecordedRequest(
-                method=request.method,
-                path=request.path,
-                query=dict(request.query),
-                headers=Headers(request.headers.items()),
-                json=parsed,
-                body=raw,
-            )
-        )
+        _raw, parsed = await self.record(request)
         try:
-            await self._pause(self.stall_seconds)
+            await self.pause(self.stall_seconds)
             handler = self._route(request)
             response = await handler(request, parsed)
         except UpstreamError as err:
@@ -281,13 +213,9 @@ class FakeUpstream:
 
     def _maybe_fail(self) -> None:
         """Raise the injected failure, if one is armed, counting down ``fail_times``."""
-        if self.fail_status is None and self.fail_times is None:
+        status = self.armed_failure()
+        if status is None:
             return
-        if self.fail_times is not None:
-            if self.fail_times <= 0:
-                return
-            self.fail_times -= 1
-        status = self.fail_status if self.fail_status is not None else 500
         message, type_, code = _FAILURE_TEXT.get(
             status,
             (
@@ -455,7 +383,7 @@ class FakeUpstream:
                     _drop_connection(request)
                     return response
                 if sent:
-                    await self._pause(self.chunk_delay)
+                    await self.pause(self.chunk_delay)
                 await response.write(_sse_event(json.dumps(payload)))
                 sent += 1
             if self.cut_stream_after is not None:
@@ -475,14 +403,8 @@ async def start_fake_upstream(
     Call ``await runner.cleanup()`` to stop it; pending stalls end immediately.
     """
     fake = FakeUpstream()
-    runner = web.AppRunner(fake.app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound_host, bound_port = runner.addresses[0][:2]
-    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    fake.base_url = f"http://{url_host}:{bound_port}/v1"
-    return fake, runner, fake.base_url
+    runner, base_url = await start(fake, host, port)
+    return fake, runner, base_url
 
 
 # -- the fake "model" -------------------------------------------------------------
@@ -681,15 +603,6 @@ def _completion_chunks(
 
 
 # -- request validation (messages mirror OpenAI's wording) ------------------------------
-
-
-def _parse_json(raw: bytes) -> Any | None:
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def _require_object(body: Any) -> dict[str, Any]:
