@@ -55,7 +55,9 @@ class Metrics:
 
     def observe(self, record: RequestLog) -> None:
         """Count one finished request."""
-        model = record.model or ""
+        # a model name is the client's to choose: only names that got an answer become label
+        # values, or a client inventing names would grow the registry without bound
+        model = (record.model or "") if record.status == 200 else ""
         provider = record.provider or ""
         cache = record.cache or "none"
         self.requests.labels(record.path_group, model, provider, cache, str(record.status)).inc()
