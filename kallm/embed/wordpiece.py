@@ -114,7 +114,7 @@ def basic_tokenise(text: str) -> list[str]:
 class WordPieceTokenizer:
     """Greedy longest-match-first WordPiece over a BERT ``vocab.txt``."""
 
-    def __init__(self, vocab: list[str], cache_size: int = 65536) -> None:
+    def __init__(self, vocab: list[str], cache_size: int = 16384) -> None:
         self.vocab = {token: i for i, token in enumerate(vocab)}
         self.unk_id = self.vocab["[UNK]"]
         # A bounded per-word cache: prompts reuse a small working set of words.
