@@ -21,7 +21,7 @@ from aiohttp import web
 from kallm.accounts.budget import MemoryLedger, Reservation
 from kallm.accounts.keys import KeyRecord, KeyStore, hash_secret
 from kallm.accounts.keysdir import KeysDirectory
-from kallm.accounts.pricing import PriceTable
+from kallm.accounts.pricing import PriceTable, Usage
 from kallm.accounts.ratelimit import MemoryRateLimits
 from kallm.config import Settings
 from kallm.db import DatabaseWriter, RequestRow, connect
@@ -170,8 +170,6 @@ class Accounts:
 
     def estimate(self, model: str, payload: dict[str, Any]) -> float:
         """The most this request can cost: its prompt, and all the output it may ask for."""
-        from kallm.accounts.pricing import Usage
-
         prompt = len(json.dumps(payload.get("messages", ""))) // 3 + 8
         output = payload.get("max_completion_tokens") or payload.get("max_tokens")
         if not isinstance(output, int) or output <= 0:
