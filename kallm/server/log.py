@@ -156,14 +156,24 @@ def configure_logging(json_lines: bool, level: str = "info") -> None:
     if json_lines:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
-    else:
+    elif sys.stderr.isatty():
         from rich.console import Console
         from rich.logging import RichHandler
 
-        # Off a terminal (docker logs, files) rich would wrap at 80 columns: one record
-        # must stay one line for grep and log collectors.
-        console = Console(stderr=True, width=None if sys.stderr.isatty() else 10_000)
-        handler = RichHandler(console=console, show_path=False, markup=False,
+        handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False,
                               rich_tracebacks=False)
         handler.setFormatter(TextFormatter())
+    else:
+        # Off a terminal (docker logs, files) one record must stay one line: rich would
+        # wrap at 80 columns or pad to its width.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(PlainFormatter())
     root.addHandler(handler)
+
+
+class PlainFormatter(TextFormatter):
+    """``2026-11-26 01:55:33 INFO request POST ...``: the text format with time and level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        return f"{stamp} {record.levelname:<7} {super().format(record)}"
