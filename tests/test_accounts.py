@@ -188,7 +188,7 @@ def test_locked_database_never_fails_requests(make_proxy: Any, tmp_path: Path) -
 
 
 def test_keys_dir_is_watched(make_proxy: Any, tmp_path: Path) -> None:
-    from kallm.server.admin import record_for_secret
+    from kallm.accounts.k8s import record_for_secret
 
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir()
@@ -219,7 +219,7 @@ def test_unusable_database_still_serves(make_proxy: Any, tmp_path: Path) -> None
 def test_revocation_outlives_a_stale_secret_and_bad_files_do_not_block(
     make_proxy: Any, tmp_path: Path, loop_thread: LoopThread
 ) -> None:
-    from kallm.server.admin import record_for_secret
+    from kallm.accounts.k8s import record_for_secret
 
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir()

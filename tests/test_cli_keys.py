@@ -19,8 +19,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
+from kallm.accounts.k8s import yaml_str
 from kallm.cli.app import app
-from kallm.cli.keys import yaml_str
 from kallm.server import accounts as server_accounts
 from tests.harness import Http, Proxy
 

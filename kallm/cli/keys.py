@@ -10,7 +10,6 @@ server started with ``--keys-dir`` loads: it holds the hash, never the secret.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -24,12 +23,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kallm.accounts.k8s import check_labels, k8s_secret, valid_namespace
 from kallm.accounts.keys import KeyRecord
 from kallm.cli.common import err_console, fail
 from kallm.cli.keyclient import KeyClient, db_path, open_keys
 from kallm.config import parse_duration
 from kallm.errors import KallmError
-from kallm.server.admin import record_for_secret
 
 app = typer.Typer(help="Create and manage virtual API keys (budgets, rate limits, models).",
                   no_args_is_help=True)
@@ -66,7 +65,6 @@ POLICY = {
 }
 ONCE = "Store this key now: it cannot be shown again."
 OUTPUTS = ("text", "json", "k8s-secret")
-BASE_LABELS = {"app.kubernetes.io/name": "kallm", "app.kubernetes.io/component": "virtual-key"}
 
 
 # ---------------------------------------------------------------- parsing flags
@@ -148,54 +146,6 @@ def _output(value: str) -> str:
     if value not in OUTPUTS:
         fail(f"--output {value!r}: expected one of {', '.join(OUTPUTS)}")
     return value
-
-
-# ---------------------------------------------------------------- the Kubernetes Secret
-
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-
-
-def yaml_str(text: str) -> str:
-    """A YAML double-quoted scalar: JSON's escapes, and every character outside printable
-    ASCII escaped too, so no YAML reader can take it for a line break or reject it."""
-    quoted = json.dumps(text, ensure_ascii=False)
-    return re.sub(r"[^\x20-\x7e]", lambda m: f"\\u{ord(m[0]):04x}" if ord(m[0]) <= 0xFFFF
-                  else f"\\U{ord(m[0]):08x}", quoted)
-
-
-def secret_name(record: KeyRecord) -> str:
-    """``kallm-key-<name>`` as a DNS-1123 name. A name that had to be changed to fit gets the
-    key id's start too, so two names that look alike (Team A, team-a) cannot overwrite
-    each other's Secret (which would revoke one of the keys)."""
-    clean = re.sub(r"[^a-z0-9]+", "-", record.name.lower()).strip("-")[:44].strip("-")
-    if clean == record.name:
-        return f"kallm-key-{clean}"
-    return f"kallm-key-{clean or 'key'}-{record.id.removeprefix('key_')[:8]}"
-
-
-def check_labels(labels: dict[str, str]) -> None:
-    for key, value in labels.items():
-        prefix, _, name = key.rpartition("/")
-        if (not _LABEL_NAME.fullmatch(name) or (prefix and not (
-                len(prefix) <= 253 and _DNS_SUBDOMAIN.fullmatch(prefix)))):
-            fail(f"--label {key!r}: not a Kubernetes label name (letters, digits, -_. up to 63, "
-                 "optionally prefix/)")
-        if value and not _LABEL_NAME.fullmatch(value):
-            fail(f"--label {key}={value!r}: not a Kubernetes label value (letters, digits, -_. "
-                 "up to 63)")
-
-
-def k8s_secret(record: KeyRecord, namespace: str, labels: dict[str, str]) -> str:
-    """A Secret whose one file, ``<key id>.json``, is what ``--keys-dir`` loads."""
-    lines = ["apiVersion: v1", "kind: Secret", "metadata:",
-             f"  name: {yaml_str(secret_name(record))}", f"  namespace: {yaml_str(namespace)}",
-             "  labels:"]
-    lines += [f"    {yaml_str(k)}: {yaml_str(v)}" for k, v in {**labels, **BASE_LABELS}.items()]
-    body = json.dumps(record_for_secret(record), sort_keys=True)
-    lines += ["type: Opaque", "stringData:", f"  {yaml_str(record.id + '.json')}: {yaml_str(body)}"]
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- showing keys
@@ -342,8 +292,11 @@ def create(
 def _k8s_flags(output: str, namespace: str, label: list[str] | None) -> dict[str, str]:
     _output(output)
     labels = pairs(label, "--label")
-    check_labels(labels)
-    if not _DNS_LABEL.fullmatch(namespace):
+    try:
+        check_labels(labels)
+    except KallmError as exc:
+        fail(exc.message)
+    if not valid_namespace(namespace):
         fail(f"--k8s-namespace {namespace!r}: not a Kubernetes namespace name")
     return labels
 

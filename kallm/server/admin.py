@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kallm.accounts.k8s import record_for_secret
 from kallm.accounts.keys import EDITABLE, KeyStore
 from kallm.errors import AuthenticationError, KallmError, RequestError
 from kallm.server.app import RUNTIME, Runtime
@@ -100,17 +101,6 @@ async def rotate_key(request: web.Request) -> web.Response:
     _changed(request)
     return web.json_response({"key": secret, "record": record.public(),
                               "k8s_record": record_for_secret(record)})
-
-
-def record_for_secret(record: Any) -> dict[str, Any]:
-    """What a Kubernetes Secret holds for a key: its hash and policy, never the secret."""
-    from dataclasses import asdict
-
-    data = asdict(record)
-    data["models"] = list(record.models) if record.models is not None else None
-    for name in ("spend_usd", "saved_usd", "last_used"):
-        data.pop(name)
-    return data
 
 
 def add_routes(app: web.Application) -> None:
