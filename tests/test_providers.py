@@ -105,10 +105,12 @@ def test_native_tool_calls(fleet: Fleet, model: str) -> None:
     assert follow_up.choices[0].message.content
 
 
-def test_native_errors_come_back_in_openai_shape(fleet: Fleet) -> None:
-    fleet.anthropic.fail_status = 400
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-flash"])
+def test_native_errors_come_back_in_openai_shape(fleet: Fleet, model: str) -> None:
+    fake = fleet.anthropic if model.startswith("claude") else fleet.gemini
+    fake.fail_status = 400
     with pytest.raises(openai.BadRequestError) as caught:
-        chat(fleet, "claude-sonnet-4-5", "hello")
+        chat(fleet, model, "hello")
     assert caught.value.body and "message" in caught.value.body
 
 
@@ -180,13 +182,6 @@ def test_streamed_spend_equals_non_streamed(fleet: Fleet, model: str) -> None:
                                          extra_headers={"Cache-Control": "no-cache"})
     plain = after(streamed) - streamed
     assert streamed > 0 and streamed == pytest.approx(plain)
-
-
-def test_gemini_errors_come_back_in_openai_shape(fleet: Fleet) -> None:
-    fleet.gemini.fail_status = 400
-    with pytest.raises(openai.BadRequestError) as caught:
-        chat(fleet, "gemini-2.5-flash", "hello")
-    assert caught.value.body and "message" in caught.value.body
 
 
 def test_alias_falls_back_on_500(fleet: Fleet) -> None:
