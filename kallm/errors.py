@@ -2,9 +2,18 @@
 
     KallmError                      (500, server_error)
     ├── ConfigError                 bad setting: start-up stops with one line
+    │   └── SchemaTooNew            the database was written by a newer kallm
     ├── RequestError                (400, invalid_request_error) unusable client input
-    │   └── PayloadTooLarge         (413)
+    │   ├── PayloadTooLarge         (413)
+    │   ├── ModelNotFound           (404) no provider serves the model
+    │   ├── KeyNotFound             (404) no such virtual key (admin and CLI)
+    │   └── KeyConflict             (409) a key with that name exists
     ├── AuthenticationError         (401) no usable key
+    ├── PermissionDenied            (403)
+    │   ├── ModelNotAllowed         the key may not use this model
+    │   └── AdminDisabled           no admin key configured
+    ├── RateLimited                 (429, headers Retry-After, x-ratelimit-*)
+    ├── BudgetExceeded              (429, insufficient_quota)
     ├── UpstreamError               (502) the upstream could not be reached or spoke nonsense
     │   └── UpstreamTimeout         (504)
     └── EmbeddingError              embedding failed: the request is served uncached, never failed
@@ -15,6 +24,7 @@ shows them the same way it shows OpenAI's own.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -25,10 +35,12 @@ class KallmError(Exception):
     type: str = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: Mapping[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers: Mapping[str, str] = headers or {}  # sent with the error response
         if code is not None:
             self.code = code
 
@@ -50,6 +62,12 @@ class ConfigError(KallmError):
     type = "configuration_error"
 
 
+class SchemaTooNew(ConfigError):
+    """The database was written by a newer kallm than this one."""
+
+    code = "schema_too_new"
+
+
 class RequestError(KallmError):
     status = 400
     type = "invalid_request_error"
@@ -60,10 +78,50 @@ class PayloadTooLarge(RequestError):
     code = "payload_too_large"
 
 
+class ModelNotFound(RequestError):
+    status = 404
+    code = "model_not_found"
+
+
+class KeyNotFound(RequestError):
+    status = 404
+    code = "key_not_found"
+
+
+class KeyConflict(RequestError):
+    status = 409
+    code = "key_exists"
+
+
 class AuthenticationError(KallmError):
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
+
+
+class PermissionDenied(KallmError):
+    status = 403
+    type = "invalid_request_error"
+
+
+class ModelNotAllowed(PermissionDenied):
+    code = "model_not_allowed"
+
+
+class AdminDisabled(PermissionDenied):
+    code = "admin_disabled"
+
+
+class RateLimited(KallmError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class BudgetExceeded(KallmError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class UpstreamError(KallmError):

@@ -1,10 +1,10 @@
 """Spend per key against its budget, exact under concurrency.
 
 A request reserves its maximum cost at admission, atomically with the check,
-and settles to its real cost when it completes (or releases the reservation
-when it fails). Concurrent requests therefore cannot all pass the check and
-overspend together: the overshoot is at most one request, the one admitted
-when nothing else was in flight. ``SpendLedger`` is the seam for shared state;
+and settles to its real cost when it completes (a failed request settles at what
+it cost upstream, usually nothing). Concurrent requests therefore cannot all
+pass the check and overspend together: the overshoot is at most one request,
+the one admitted when nothing else was in flight. ``SpendLedger`` is the seam for shared state;
 this in-process version needs no lock because it never awaits inside a check.
 """
 
@@ -16,13 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kallm.accounts.keys import KeyRecord
-from kallm.errors import KallmError
-
-
-class BudgetExceeded(KallmError):
-    status = 429
-    type = "insufficient_quota"
-    code = "insufficient_quota"
+from kallm.errors import BudgetExceeded
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +42,6 @@ class SpendLedger(Protocol):
     async def reserve(self, key: KeyRecord, amount: float, now: float) -> Reservation: ...
 
     async def settle(self, reservation: Reservation, cost: float) -> None: ...
-
-    async def release(self, reservation: Reservation) -> None: ...
 
     async def add_saved(self, key: KeyRecord, saved: float, now: float) -> None: ...
 
@@ -95,11 +87,6 @@ class MemoryLedger:
         account.reserved.pop(reservation.id, None)
         account.spend += cost
         self._persist(reservation.key_id, account, 0.0)
-
-    async def release(self, reservation: Reservation) -> None:
-        account = self._accounts.get(reservation.key_id)
-        if account is not None:
-            account.reserved.pop(reservation.id, None)
 
     async def add_saved(self, key: KeyRecord, saved: float, now: float) -> None:
         self._persist(key.id, self._account(key, now), saved)

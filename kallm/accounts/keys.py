@@ -16,22 +16,10 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from kallm.errors import KallmError, RequestError
+from kallm.errors import KeyConflict, KeyNotFound, RequestError
 
 SECRET_PREFIX = "sk-kallm-"
 SHOWN_PREFIX = 16  # characters of the secret kept to recognise a key in lists
-
-
-class KeyNotFound(KallmError):
-    status = 404
-    type = "invalid_request_error"
-    code = "key_not_found"
-
-
-class KeyConflict(KallmError):
-    status = 409
-    type = "invalid_request_error"
-    code = "key_exists"
 
 
 @dataclass(frozen=True)
@@ -166,10 +154,6 @@ class KeyStore:
         if len(row) != 1:
             raise KeyNotFound(f"no key {ref!r}" if not row else f"{ref!r} matches several keys")
         return record_from_row(row[0])
-
-    def by_hash(self, digest: str) -> KeyRecord | None:
-        row = self.conn.execute("SELECT * FROM keys WHERE hash = ?", (digest,)).fetchone()
-        return record_from_row(row) if row else None
 
     def update(self, ref: str, **changes: Any) -> KeyRecord:
         changes = _checked(changes)

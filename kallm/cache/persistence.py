@@ -32,6 +32,7 @@ class SnapshotKeeper:
         self.path = path
         self.embedder_name = embedder_name
         self.last_saved: float | None = None
+        self._saved_changes: int | None = None  # backend.changes when the file last matched
         self._lock = asyncio.Lock()
 
     def load(self, now: float | None = None) -> int:
@@ -53,14 +54,24 @@ class SnapshotKeeper:
         for entry in live:
             self.backend.add(entry)
         self.last_saved = self.path.stat().st_mtime
+        self._saved_changes = self.backend.changes
         return len(live)
 
     async def save(self) -> int:
-        """Write every entry atomically; returns how many were written."""
+        """Write every entry atomically; returns how many were written.
+
+        Nothing is written when no entry came or went since the file last matched: an idle
+        large cache would otherwise rewrite hundreds of MB every interval (hit counts alone
+        are not worth that).
+        """
         async with self._lock:
+            changes = self.backend.changes
+            if changes == self._saved_changes:
+                return 0
             entries = list(self.backend.entries())
             await asyncio.to_thread(self._write, entries)
             self.last_saved = time.time()
+            self._saved_changes = changes
             return len(entries)
 
     def _write(self, entries: list) -> None:

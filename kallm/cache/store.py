@@ -69,6 +69,7 @@ class MemoryBackend:
         self._by_exact: dict[str, int] = {}
         self._scopes: dict[str, VectorIndex] = {}
         self._ids = itertools.count(1)
+        self.changes = 0  # bumped on every add and removal: what a snapshot must catch up on
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -109,6 +110,7 @@ class MemoryBackend:
         if previous is not None:
             self._remove(self._entries[previous])
         entry.id = next(self._ids)
+        self.changes += 1
         self._entries[entry.id] = entry
         self._by_exact[entry.exact] = entry.id
         if entry.vector is not None:
@@ -141,6 +143,7 @@ class MemoryBackend:
         self.counters.expirations += 1
 
     def _remove(self, entry: Entry) -> None:
+        self.changes += 1
         self._entries.pop(entry.id, None)
         if self._by_exact.get(entry.exact) == entry.id:
             del self._by_exact[entry.exact]

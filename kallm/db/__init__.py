@@ -8,8 +8,9 @@ request.
 """
 
 from kallm.db.connection import DEFAULT_BUSY_TIMEOUT_MS, connect, default_db_path
-from kallm.db.migrations import MIGRATIONS, SchemaTooNew, migrate, schema_version
+from kallm.db.migrations import MIGRATIONS, migrate, schema_version
 from kallm.db.requestlog import DatabaseWriter, RequestRow
+from kallm.errors import SchemaTooNew
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS",

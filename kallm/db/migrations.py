@@ -13,14 +13,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-from kallm.errors import KallmError
-
-
-class SchemaTooNew(KallmError):
-    """The database was written by a newer kallm than this one."""
-
-    type = "configuration_error"
-    code = "schema_too_new"
+from kallm.errors import SchemaTooNew
 
 
 def _v1_keys_and_requests(conn: sqlite3.Connection) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from kallm.config import Settings
-from kallm.errors import KallmError, UpstreamError
+from kallm.errors import KallmError, ModelNotFound, UpstreamError
 from kallm.providers.base import Adapter, ChatCall, Provider
 from kallm.providers.config import ProviderConfig
 
@@ -28,12 +28,6 @@ log = logging.getLogger("kallm.providers")
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 MAX_RETRY_AFTER = 20.0  # seconds: longer waits fail over instead of holding the caller
-
-
-class ModelNotFound(KallmError):
-    status = 404
-    type = "invalid_request_error"
-    code = "model_not_found"
 
 
 @dataclass(frozen=True, slots=True)

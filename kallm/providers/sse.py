@@ -47,10 +47,6 @@ def event_data(raw: bytes) -> bytes | None:
     return b"\n".join(lines) if lines else None
 
 
-def encode_chunk(chunk: dict[str, Any]) -> bytes:
-    return _event(chunk)
-
-
 class StreamAssembler:
     """Builds the chat.completion a stream amounts to, chunk by chunk."""
 
@@ -150,7 +146,8 @@ def _split_text(text: str) -> list[str]:
     return pieces
 
 
-def _event(payload: dict[str, Any]) -> bytes:
+def encode_chunk(payload: dict[str, Any]) -> bytes:
+    """One SSE ``data:`` event holding a chunk (or any JSON object)."""
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
@@ -164,13 +161,13 @@ def replay_events(completion: dict[str, Any], include_usage: bool) -> list[bytes
     for choice in completion.get("choices", []):
         index = choice.get("index", 0)
         for delta, logprobs in _choice_deltas(choice):
-            events.append(_event({**base, "choices": [
+            events.append(encode_chunk({**base, "choices": [
                 {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None}]}))
-        events.append(_event({**base, "choices": [
+        events.append(encode_chunk({**base, "choices": [
             {"index": index, "delta": {}, "logprobs": None,
              "finish_reason": choice.get("finish_reason")}]}))
     if include_usage and completion.get("usage") is not None:
-        events.append(_event({**base, "choices": [], "usage": completion["usage"]}))
+        events.append(encode_chunk({**base, "choices": [], "usage": completion["usage"]}))
     events.append(DONE)
     return events
 

@@ -25,30 +25,21 @@ from kallm.accounts.pricing import PriceTable, Usage
 from kallm.accounts.ratelimit import MemoryRateLimits
 from kallm.config import Settings
 from kallm.db import DatabaseWriter, RequestRow, connect
-from kallm.errors import AuthenticationError, ConfigError, KallmError
+from kallm.errors import (
+    AuthenticationError,
+    ConfigError,
+    KallmError,
+    ModelNotAllowed,
+    RateLimited,
+)
 from kallm.server.log import RequestLog
+from kallm.server.request import bearer_token
 
 log = logging.getLogger("kallm.accounts")
 
 DEFAULT_RESERVE_OUTPUT_TOKENS = 1024  # reserved when a request sets no max_tokens
 REFRESH_SECONDS = 2.0
 OPS = frozenset({"/health", "/stats", "/metrics"})  # probes would flood the request log
-
-
-class ModelNotAllowed(KallmError):
-    status = 403
-    type = "invalid_request_error"
-    code = "model_not_allowed"
-
-
-class RateLimited(KallmError):
-    status = 429
-    type = "requests"
-    code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, headers: dict[str, str]):
-        super().__init__(message)
-        self.headers = headers
 
 
 @dataclass(slots=True)
@@ -140,8 +131,7 @@ class Accounts:
 
     def authenticate(self, headers: Any) -> KeyRecord:
         """The caller's key; one answer for missing, unknown, revoked and expired keys."""
-        supplied = headers.get("Authorization", "")
-        secret = supplied[7:].strip() if supplied.lower().startswith("bearer ") else ""
+        secret = bearer_token(headers)
         record = self._by_hash.get(hash_secret(secret)) if secret else None
         if record is None or record.status() != "active":
             raise AuthenticationError("Invalid API key: pass a kallm virtual key as "
@@ -161,7 +151,7 @@ class Accounts:
         state = await self.limits.admit(key, now)
         if state.retry_after is not None:
             raise RateLimited(f"Rate limit reached: {state.reason} for this key. Retry in "
-                              f"{state.retry_after:.0f}s.", state.headers())
+                              f"{state.retry_after:.0f}s.", headers=state.headers())
         estimate = self.estimate(model, payload) if model and payload else 0.0
         reservation = await self.ledger.reserve(key, estimate, now)
         admission = Admission(key, reservation, state.headers())

@@ -14,14 +14,9 @@ from aiohttp import web
 
 from kallm.accounts.k8s import record_for_secret
 from kallm.accounts.keys import EDITABLE, KeyStore
-from kallm.errors import AuthenticationError, KallmError, RequestError
+from kallm.errors import AdminDisabled, AuthenticationError, KallmError, RequestError
 from kallm.server.app import RUNTIME, Runtime
-
-
-class AdminDisabled(KallmError):
-    status = 403
-    type = "invalid_request_error"
-    code = "admin_disabled"
+from kallm.server.request import bearer_token
 
 
 def require_admin(request: web.Request) -> Runtime:
@@ -30,9 +25,7 @@ def require_admin(request: web.Request) -> Runtime:
     admin_key = runtime.settings.admin_key
     if not admin_key:
         raise AdminDisabled("The admin API is off: start kallm with KALLM_ADMIN_KEY set.")
-    supplied = request.headers.get("Authorization", "")
-    token = supplied[7:].strip() if supplied.lower().startswith("bearer ") else ""
-    if not hmac.compare_digest(token.encode(), admin_key.encode()):
+    if not hmac.compare_digest(bearer_token(request.headers).encode(), admin_key.encode()):
         raise AuthenticationError("Invalid admin key.")
     return runtime
 

@@ -74,7 +74,8 @@ class Runtime:
         if self.keeper is not None:
             try:
                 saved = await self.keeper.save()
-                log.info("cache: %d entries saved to %s", saved, self.keeper.path)
+                if saved:
+                    log.info("cache: %d entries saved to %s", saved, self.keeper.path)
             except OSError as exc:
                 log.error("cache: final snapshot to %s failed: %s", self.keeper.path, exc)
         await self.router.close()

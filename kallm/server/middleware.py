@@ -9,15 +9,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from kallm.errors import KallmError, PayloadTooLarge
-from kallm.server.app import RUNTIME
+from kallm.server.app import RUNTIME, Runtime
 from kallm.server.log import RequestLog, emit, start_request_log
 
 log = logging.getLogger("kallm.server")
 
 
 def error_response(error: KallmError) -> web.Response:
-    return web.json_response(error.to_body(), status=error.status,
-                             headers=getattr(error, "headers", None))
+    return web.json_response(error.to_body(), status=error.status, headers=error.headers)
 
 
 @web.middleware
@@ -27,14 +26,15 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     record = start_request_log(request, request_id)
     runtime = request.app[RUNTIME]
     try:
-        response = await _answer(request, handler, record)
+        response = await _answer(request, handler, record, runtime)
     finally:
         await runtime.accounts.finish(record)
     return response
 
 
-async def _answer(request: web.Request, handler: Handler, record: RequestLog) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
+async def _answer(
+    request: web.Request, handler: Handler, record: RequestLog, runtime: Runtime
+) -> web.StreamResponse:
     try:
         response = await handler(request)
     except KallmError as exc:

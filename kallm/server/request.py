@@ -18,6 +18,12 @@ from kallm.errors import RequestError
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
+def bearer_token(headers: CIMultiDictProxy[str]) -> str:
+    """The token of ``Authorization: Bearer <token>``, or "" when there is none."""
+    supplied = headers.get("Authorization", "")
+    return supplied[7:].strip() if supplied[:7].lower() == "bearer " else ""
+
+
 def parse_chat_request(body: bytes) -> dict[str, Any]:
     """The request as a dict, or a 400 naming the first field that is wrong."""
     try:
