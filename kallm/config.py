@@ -27,8 +27,15 @@ APP_NAME = "kallm"
 
 # "mo" is 30 days: budget periods ("1mo") need a month; calendar months are not worth the
 # surprise of a budget that resets on different days of the week.
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
-                   "mo": 30 * 86400}
+_DURATION_UNITS = {
+    "ms": 0.001,
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 604800,
+    "mo": 30 * 86400,
+}
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2}
 
 
@@ -77,6 +84,7 @@ class Settings:
 
 
 # ---------------------------------------------------------------- parsers
+
 
 def parse_duration(value: Any) -> float:
     """Seconds from ``90s``, ``30m``, ``24h``, ``7d``, ``500ms`` or a bare number of seconds."""
@@ -184,6 +192,7 @@ def parse_secret(value: Any) -> str | None:
 
 # ---------------------------------------------------------------- the table of settings
 
+
 @dataclass(frozen=True)
 class SettingSpec:
     field: str
@@ -197,28 +206,52 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("host", "server.host", ("KALLM_HOST",), parse_host),
     SettingSpec("port", "server.port", ("KALLM_PORT",), _int_in(0, 65535)),
     SettingSpec("max_body_bytes", "server.max_body_size", ("KALLM_MAX_BODY_SIZE",), parse_size),
-    SettingSpec("upstream_base_url", "upstream.base_url", ("OPENAI_BASE_URL", "KALLM_UPSTREAM_URL"),
-                parse_url),
-    SettingSpec("upstream_api_key", "upstream.api_key", ("OPENAI_API_KEY",), parse_secret,
-                secret=True),
-    SettingSpec("upstream_connect_timeout", "upstream.connect_timeout",
-                ("KALLM_UPSTREAM_CONNECT_TIMEOUT",), parse_duration),
-    SettingSpec("upstream_timeout", "upstream.timeout", ("KALLM_UPSTREAM_TIMEOUT",),
-                parse_duration),
-    SettingSpec("similarity_threshold", "cache.similarity_threshold",
-                ("KALLM_SIMILARITY_THRESHOLD",), parse_fraction),
+    SettingSpec(
+        "upstream_base_url",
+        "upstream.base_url",
+        ("OPENAI_BASE_URL", "KALLM_UPSTREAM_URL"),
+        parse_url,
+    ),
+    SettingSpec(
+        "upstream_api_key", "upstream.api_key", ("OPENAI_API_KEY",), parse_secret, secret=True
+    ),
+    SettingSpec(
+        "upstream_connect_timeout",
+        "upstream.connect_timeout",
+        ("KALLM_UPSTREAM_CONNECT_TIMEOUT",),
+        parse_duration,
+    ),
+    SettingSpec(
+        "upstream_timeout", "upstream.timeout", ("KALLM_UPSTREAM_TIMEOUT",), parse_duration
+    ),
+    SettingSpec(
+        "similarity_threshold",
+        "cache.similarity_threshold",
+        ("KALLM_SIMILARITY_THRESHOLD",),
+        parse_fraction,
+    ),
     SettingSpec("cache_ttl", "cache.ttl", ("KALLM_CACHE_TTL",), parse_duration),
-    SettingSpec("max_cache_size", "cache.max_entries", ("KALLM_MAX_CACHE_SIZE",),
-                _int_in(1, 10_000_000)),
-    SettingSpec("embedding_model", "cache.embedding_model", ("KALLM_EMBEDDING_MODEL",),
-                parse_embedding_model),
+    SettingSpec(
+        "max_cache_size", "cache.max_entries", ("KALLM_MAX_CACHE_SIZE",), _int_in(1, 10_000_000)
+    ),
+    SettingSpec(
+        "embedding_model",
+        "cache.embedding_model",
+        ("KALLM_EMBEDDING_MODEL",),
+        parse_embedding_model,
+    ),
     SettingSpec("cache_file", "cache.file", ("KALLM_CACHE_FILE",), parse_optional_path),
-    SettingSpec("snapshot_interval", "cache.snapshot_interval", ("KALLM_SNAPSHOT_INTERVAL",),
-                parse_duration),
+    SettingSpec(
+        "snapshot_interval", "cache.snapshot_interval", ("KALLM_SNAPSHOT_INTERVAL",), parse_duration
+    ),
     SettingSpec("guard", "cache.guard", ("KALLM_CACHE_GUARD",), parse_bool),
     SettingSpec("log_json", "log.json", ("KALLM_LOG_JSON",), parse_bool),
-    SettingSpec("log_level", "log.level", ("KALLM_LOG_LEVEL",),
-                parse_choice("debug", "info", "warning", "error")),
+    SettingSpec(
+        "log_level",
+        "log.level",
+        ("KALLM_LOG_LEVEL",),
+        parse_choice("debug", "info", "warning", "error"),
+    ),
     SettingSpec("auth", "auth.mode", ("KALLM_AUTH",), parse_choice("off", "virtual-keys")),
     SettingSpec("admin_key", "auth.admin_key", ("KALLM_ADMIN_KEY",), parse_secret, secret=True),
     SettingSpec("keys_dir", "auth.keys_dir", ("KALLM_KEYS_DIR",), parse_optional_path),

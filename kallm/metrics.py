@@ -23,8 +23,24 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # A cache hit takes about a millisecond and a model call seconds: buckets span both.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
-                   10, 30, 60)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+)
 LOOKUP_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25)
 
 
@@ -32,25 +48,49 @@ class Metrics:
     def __init__(self, runtime: Runtime):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("kallm_requests", "Requests answered, by route and outcome.",
-                                ["path", "model", "provider", "cache", "status"], registry=r)
-        self.latency = Histogram("kallm_request_duration_seconds", "Time to the whole answer.",
-                                 ["cache"], buckets=LATENCY_BUCKETS, registry=r)
-        self.upstream = Histogram("kallm_upstream_duration_seconds",
-                                  "Time spent waiting on the upstream.", ["provider"],
-                                  buckets=LATENCY_BUCKETS, registry=r)
-        self.first_token = Histogram("kallm_time_to_first_token_seconds",
-                                     "Time to the first streamed event.", ["provider"],
-                                     buckets=LATENCY_BUCKETS, registry=r)
-        self.lookup = Histogram("kallm_cache_lookup_duration_seconds",
-                                "Cache lookup: exact tier, embedding and search.",
-                                buckets=LOOKUP_BUCKETS, registry=r)
-        self.embedding = Histogram("kallm_embedding_duration_seconds", "Embedding one prompt.",
-                                   buckets=LOOKUP_BUCKETS, registry=r)
-        self.tokens = Counter("kallm_tokens", "Tokens of upstream answers.",
-                              ["model", "direction"], registry=r)
-        self.spend = Counter("kallm_spend_usd", "Estimated upstream spend.", ["model"],
-                             registry=r)
+        self.requests = Counter(
+            "kallm_requests",
+            "Requests answered, by route and outcome.",
+            ["path", "model", "provider", "cache", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "kallm_request_duration_seconds",
+            "Time to the whole answer.",
+            ["cache"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream = Histogram(
+            "kallm_upstream_duration_seconds",
+            "Time spent waiting on the upstream.",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.first_token = Histogram(
+            "kallm_time_to_first_token_seconds",
+            "Time to the first streamed event.",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lookup = Histogram(
+            "kallm_cache_lookup_duration_seconds",
+            "Cache lookup: exact tier, embedding and search.",
+            buckets=LOOKUP_BUCKETS,
+            registry=r,
+        )
+        self.embedding = Histogram(
+            "kallm_embedding_duration_seconds",
+            "Embedding one prompt.",
+            buckets=LOOKUP_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "kallm_tokens", "Tokens of upstream answers.", ["model", "direction"], registry=r
+        )
+        self.spend = Counter("kallm_spend_usd", "Estimated upstream spend.", ["model"], registry=r)
         r.register(CacheCollector(runtime))
 
     def observe(self, record: RequestLog) -> None:
@@ -100,27 +140,37 @@ class CacheCollector(Collector):
         hits.add_metric(["semantic"], stats.semantic_hits)
         yield hits
         yield _counter("kallm_cache_misses", "Lookups that found nothing.", stats.misses)
-        guarded = CounterMetricFamily("kallm_cache_guarded",
-                                      "Candidates above the threshold the hit guard refused.",
-                                      labels=["reason"])
+        guarded = CounterMetricFamily(
+            "kallm_cache_guarded",
+            "Candidates above the threshold the hit guard refused.",
+            labels=["reason"],
+        )
         for reason, count in sorted(stats.guarded.items()):
             guarded.add_metric([reason], count)
         yield guarded
-        yield _counter("kallm_cache_evictions", "Entries evicted (LRU).",
-                       getattr(counters, "evictions", 0))
-        yield _counter("kallm_cache_expirations", "Entries expired (TTL).",
-                       getattr(counters, "expirations", 0))
-        yield _counter("kallm_cache_embedding_errors", "Embeddings that failed.",
-                       stats.embed_errors)
-        yield _counter("kallm_saved_usd", "Estimated spend avoided by cache hits.",
-                       stats.saved_usd)
+        yield _counter(
+            "kallm_cache_evictions", "Entries evicted (LRU).", getattr(counters, "evictions", 0)
+        )
+        yield _counter(
+            "kallm_cache_expirations", "Entries expired (TTL).", getattr(counters, "expirations", 0)
+        )
+        yield _counter(
+            "kallm_cache_embedding_errors", "Embeddings that failed.", stats.embed_errors
+        )
+        yield _counter("kallm_saved_usd", "Estimated spend avoided by cache hits.", stats.saved_usd)
         yield _counter("kallm_saved_tokens", "Tokens served from the cache.", stats.saved_tokens)
-        yield _counter("kallm_log_rows_dropped", "Request-log rows (and spend writes) the "
-                       "database could not take.", runtime.accounts.dropped_rows)
+        yield _counter(
+            "kallm_log_rows_dropped",
+            "Request-log rows (and spend writes) the database could not take.",
+            runtime.accounts.dropped_rows,
+        )
         keeper = runtime.keeper
         if keeper is not None and keeper.last_saved is not None:
-            yield _gauge("kallm_cache_snapshot_age_seconds", "Seconds since the cache file was "
-                         "last written.", time.time() - keeper.last_saved)
+            yield _gauge(
+                "kallm_cache_snapshot_age_seconds",
+                "Seconds since the cache file was last written.",
+                time.time() - keeper.last_saved,
+            )
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
@@ -129,4 +179,3 @@ def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
 
 def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, help_text, value=value)
-

@@ -32,7 +32,7 @@ DEFAULT_OUTPUT_TOKENS = 256  # the dry run's guess when a request sets no max_to
 IMPORT_BATCH = 50  # pairs per POST /admin/cache/entries
 SHOWN = 10  # bad lines and failures listed one by one; the rest are counted
 READ_TIMEOUT = 600.0
-NO_MODEL = "no model: pass --model or give the line a \"model\""
+NO_MODEL = 'no model: pass --model or give the line a "model"'
 _DELIVERY = ("stream", "stream_options")  # warm wants one JSON answer; the cache key ignores them
 
 
@@ -100,26 +100,31 @@ class Counts:
 
 # ---------------------------------------------------------------- parsing
 
+
 def _request_from(obj: dict[str, Any], model: str | None) -> dict[str, Any]:
     """A chat request from a JSON line: ``messages`` or ``prompt``, other keys are params."""
     request = {k: v for k, v in obj.items() if k not in ("prompt", "response", *_DELIVERY)}
     if "messages" not in obj:
         prompt = obj.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("needs \"messages\" or a \"prompt\" string")
+            raise ValueError('needs "messages" or a "prompt" string')
         request["messages"] = [{"role": "user", "content": prompt}]
     messages = request["messages"]
-    if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
-        raise ValueError("\"messages\" must be a non-empty array of objects with a \"role\"")
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)
+    ):
+        raise ValueError('"messages" must be a non-empty array of objects with a "role"')
     request["model"] = request.get("model") or model
     if not isinstance(request["model"], str) or not request["model"].strip():
         raise ValueError(NO_MODEL)
     return request
 
 
-def parse_line(text: str, number: int, fmt: str = "auto",
-               model: str | None = None) -> WorkItem | None:
+def parse_line(
+    text: str, number: int, fmt: str = "auto", model: str | None = None
+) -> WorkItem | None:
     """One line to a work item; None for blank and ``#`` lines; ValueError says what is wrong."""
     stripped = text.strip()
     if not stripped or stripped.startswith("#"):
@@ -127,8 +132,9 @@ def parse_line(text: str, number: int, fmt: str = "auto",
     if fmt == "text" or (fmt == "auto" and not stripped.startswith("{")):
         if not model:
             raise ValueError(NO_MODEL)
-        return WorkItem(number, {"model": model,
-                                 "messages": [{"role": "user", "content": stripped}]})
+        return WorkItem(
+            number, {"model": model, "messages": [{"role": "user", "content": stripped}]}
+        )
     try:
         obj = json.loads(stripped)
     except ValueError as exc:
@@ -180,6 +186,7 @@ def estimate_cost(items: Iterable[WorkItem], prices: PriceTable) -> float:
 
 # ---------------------------------------------------------------- running
 
+
 @dataclass(frozen=True)
 class Target:
     """A kallm to warm: its root URL and the keys and tenant to use there."""
@@ -211,7 +218,7 @@ def _waves(items: list[WorkItem]) -> list[list[list[WorkItem]]]:
             continue
         seen.add(key)
         (imports if item.is_import else chats).append(item)
-    batches = [imports[i:i + IMPORT_BATCH] for i in range(0, len(imports), IMPORT_BATCH)]
+    batches = [imports[i : i + IMPORT_BATCH] for i in range(0, len(imports), IMPORT_BATCH)]
     return [batches, [[c] for c in chats], [[r] for r in repeats]]
 
 
@@ -224,8 +231,14 @@ def _error_text(status: int, data: bytes) -> str:
 
 
 class _Run:
-    def __init__(self, session: aiohttp.ClientSession, target: Target, prices: PriceTable,
-                 counts: Counts, progress: Callable[[int], None]):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        target: Target,
+        prices: PriceTable,
+        counts: Counts,
+        progress: Callable[[int], None],
+    ):
         self.session, self.target, self.prices = session, target, prices
         self.counts, self.progress = counts, progress
 
@@ -256,11 +269,14 @@ class _Run:
                 self.counts.added += 1
                 model = str(completion.get("model") or item.request["model"])
                 self.counts.cost_usd += self.prices.cost(
-                    model, Usage.from_openai(completion.get("usage")))
+                    model, Usage.from_openai(completion.get("usage"))
+                )
 
     async def _import(self, batch: list[WorkItem]) -> None:
-        body = {"entries": [{"request": i.request, "response": i.response} for i in batch],
-                "namespace": self.target.namespace}
+        body = {
+            "entries": [{"request": i.request, "response": i.response} for i in batch],
+            "namespace": self.target.namespace,
+        }
         url = self.target.root + "/admin/cache/entries"
         headers = self.target.headers(self.target.admin_key)
         async with self.session.post(url, json=body, headers=headers) as response:
@@ -288,8 +304,9 @@ async def _check(session: aiohttp.ClientSession, root: str) -> None:
         raise WarmError(f"{root} does not answer /health like kallm (HTTP {response.status})")
 
 
-async def _drain(jobs: list[list[WorkItem]], concurrency: int,
-                 handle: Callable[[list[WorkItem]], Any]) -> None:
+async def _drain(
+    jobs: list[list[WorkItem]], concurrency: int, handle: Callable[[list[WorkItem]], Any]
+) -> None:
     """Run ``handle`` over the jobs with at most ``concurrency`` in flight."""
     shared = iter(jobs)  # each worker takes the next job when it is free
 
@@ -300,9 +317,14 @@ async def _drain(jobs: list[list[WorkItem]], concurrency: int,
     await asyncio.gather(*(worker() for _ in range(max(concurrency, 1))))
 
 
-async def warm(parsed: Parsed, target: Target, *, concurrency: int = 4,
-               prices: PriceTable | None = None,
-               progress: Callable[[int], None] | None = None) -> Counts:
+async def warm(
+    parsed: Parsed,
+    target: Target,
+    *,
+    concurrency: int = 4,
+    prices: PriceTable | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Counts:
     """Send or import every item; counts per outcome. Raises WarmError only before starting."""
     counts = Counts(lines=parsed.lines, bad=len(parsed.bad), bad_lines=parsed.bad[:SHOWN])
     started = time.perf_counter()
@@ -328,8 +350,9 @@ async def embedded_server(settings: Settings, namespace: str = "") -> AsyncItera
     from kallm.server.run import GRACE_SECONDS
 
     admin_key = secrets.token_urlsafe(24)
-    app = create_app(settings.with_overrides(host="127.0.0.1", port=0, auth="off",
-                                             admin_key=admin_key))
+    app = create_app(
+        settings.with_overrides(host="127.0.0.1", port=0, auth="off", admin_key=admin_key)
+    )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=GRACE_SECONDS)
     await runner.setup()
     try:

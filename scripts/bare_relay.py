@@ -22,8 +22,10 @@ UPSTREAM = web.AppKey("upstream", str)
 async def relay(request: web.Request) -> web.Response:
     """Forward the body and the client's key; hand back the upstream's status and body."""
     body = await request.read()
-    headers = {"Content-Type": "application/json",
-               "Authorization": request.headers.get("Authorization", "")}
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": request.headers.get("Authorization", ""),
+    }
     url = request.app[UPSTREAM] + "/" + request.match_info["tail"]
     async with request.app[SESSION].post(url, data=body, headers=headers) as upstream:
         data = await upstream.read()

@@ -68,9 +68,15 @@ def server_guard() -> tuple[HitGuard | None, str]:
     return hit_guard, f"{hit_guard.__module__}.{hit_guard.__name__}"
 
 
-async def bench_lookup(embedder: Embedder, prompts: list[Prompt], vectors: np.ndarray,
-                       size: int, lookups: int, threshold: float,
-                       guard: HitGuard | None) -> dict[str, Any]:
+async def bench_lookup(
+    embedder: Embedder,
+    prompts: list[Prompt],
+    vectors: np.ndarray,
+    size: int,
+    lookups: int,
+    threshold: float,
+    guard: HitGuard | None,
+) -> dict[str, Any]:
     """``await cache.lookup(key)`` on paraphrases of cached prompts: exact miss, embed, search.
 
     Also times the two halves alone, so a slow lookup says whether to blame the
@@ -105,7 +111,7 @@ async def bench_lookup(embedder: Embedder, prompts: list[Prompt], vectors: np.nd
     # lookups that start with the cache flushed (by streaming 2x a typical L3 through it).
     flush = np.ones(EVICT_BYTES // 8, dtype=np.float64)
     cold = []
-    for key in queries[50:50 + min(lookups, COLD_LOOKUPS)]:
+    for key in queries[50 : 50 + min(lookups, COLD_LOOKUPS)]:
         flush.sum()
         t0 = time.perf_counter()
         await cache.lookup(key)
@@ -114,26 +120,43 @@ async def bench_lookup(embedder: Embedder, prompts: list[Prompt], vectors: np.nd
     def ms(values: list[float], q: float) -> float:
         return round(percentile_ms(values, q), 4)
 
-    return {"entries": size, "lookups": lookups, "hit_rate": round(hits / lookups, 3),
-            "p50_ms": ms(total, 50), "p99_ms": ms(total, 99),
-            "embed_p50_ms": ms(embed, 50), "search_p50_ms": ms(search, 50),
-            "search_p99_ms": ms(search, 99),
-            "cold_p50_ms": ms(cold, 50), "cold_p99_ms": ms(cold, 99),
-            "index_mb": round(size * vectors.shape[1] * 4 / 1e6, 1)}
+    return {
+        "entries": size,
+        "lookups": lookups,
+        "hit_rate": round(hits / lookups, 3),
+        "p50_ms": ms(total, 50),
+        "p99_ms": ms(total, 99),
+        "embed_p50_ms": ms(embed, 50),
+        "search_p50_ms": ms(search, 50),
+        "search_p99_ms": ms(search, 99),
+        "cold_p50_ms": ms(cold, 50),
+        "cold_p99_ms": ms(cold, 99),
+        "index_mb": round(size * vectors.shape[1] * 4 / 1e6, 1),
+    }
 
 
-async def run(options: RunOptions, lookup_sizes: list[int], lookups: int,
-              console: Console) -> dict[str, Any]:
+async def run(
+    options: RunOptions, lookup_sizes: list[int], lookups: int, console: Console
+) -> dict[str, Any]:
     """``kallm bench run`` plus a bare-relay cell, then the in-process lookups."""
     watch = MachineWatch()
     with cancel_on_sigterm():
         async with BenchSession(options, console) as session:
-            relay = await session.spawn("bare-relay", [str(ROOT / "scripts" / "bare_relay.py"),
-                                                       "--upstream", session.upstream_url,
-                                                       "--port", "{port}"], "/v1/models")
+            relay = await session.spawn(
+                "bare-relay",
+                [
+                    str(ROOT / "scripts" / "bare_relay.py"),
+                    "--upstream",
+                    session.upstream_url,
+                    "--port",
+                    "{port}",
+                ],
+                "/v1/models",
+            )
             targets = session.targets()
-            targets.insert(1, Target("bare relay", relay.root + "/v1", "miss", None,
-                                     session.headers))
+            targets.insert(
+                1, Target("bare relay", relay.root + "/v1", "miss", None, session.headers)
+            )
             cells = await session.measure(targets)
             stats = await session.kallm_stats()
     result = session.report(cells, stats)
@@ -141,9 +164,12 @@ async def run(options: RunOptions, lookup_sizes: list[int], lookups: int,
     guard, guard_name = server_guard()
     console.print(f"servers stopped; timing lookups in-process (guard: {guard_name})")
     threshold = float(session.kallm_info["similarity_threshold"])
-    result["lookup"] = [await bench_lookup(session.embedder, session.prompts, session.vectors,
-                                           size, lookups, threshold, guard)
-                        for size in lookup_sizes]
+    result["lookup"] = [
+        await bench_lookup(
+            session.embedder, session.prompts, session.vectors, size, lookups, threshold, guard
+        )
+        for size in lookup_sizes
+    ]
     result["meta"]["lookup_guard"] = guard_name
     add_targets(result)
     return result
@@ -155,53 +181,85 @@ def add_targets(result: dict[str, Any]) -> None:
     levels = result["meta"]["concurrency"]
     overhead = {}
     for level in levels:
-        direct, relay, miss = (p50.get((n, level)) for n in ("direct", "bare relay",
-                                                               "kallm miss"))
+        direct, relay, miss = (p50.get((n, level)) for n in ("direct", "bare relay", "kallm miss"))
         if None in (direct, relay, miss):
             continue
         relay_added, miss_added = relay - direct, miss - direct
         overhead[str(level)] = {
-            "direct_p50_ms": direct, "bare_relay_added_ms": round(relay_added, 3),
+            "direct_p50_ms": direct,
+            "bare_relay_added_ms": round(relay_added, 3),
             "kallm_miss_added_ms": round(miss_added, 3),
-            "ratio": round(miss_added / relay_added, 2) if relay_added > 0 else None}
+            "ratio": round(miss_added / relay_added, 2) if relay_added > 0 else None,
+        }
     targets: dict[str, dict[str, Any]] = {}
     first = overhead.get(str(min(levels)), {})
     ratio = first.get("ratio")
-    targets["miss_added_vs_relay_added"] = {"value": ratio, "target": "<= 1.5",
-                                            "ok": ratio is not None and ratio <= 1.5}
+    targets["miss_added_vs_relay_added"] = {
+        "value": ratio,
+        "target": "<= 1.5",
+        "ok": ratio is not None and ratio <= 1.5,
+    }
     if 1 in levels:
         for name in ("kallm exact hit", "kallm paraphrase hit"):
             value = p50.get((name, 1))
             targets[f"{name.split()[1]}_hit_p50_ms_c1"] = {
-                "value": value, "target": "< 1 ms", "ok": value is not None and value < 1.0}
+                "value": value,
+                "target": "< 1 ms",
+                "ok": value is not None and value < 1.0,
+            }
     for row in result["lookup"]:
         limit = {10_000: 0.5, 100_000: 5.0}.get(row["entries"])
         if limit is not None:
             targets[f"lookup_p50_ms_{row['entries']}"] = {
-                "value": row["p50_ms"], "target": f"< {limit} ms", "ok": row["p50_ms"] < limit}
+                "value": row["p50_ms"],
+                "target": f"< {limit} ms",
+                "ok": row["p50_ms"] < limit,
+            }
     result["overhead"], result["targets"] = overhead, targets
 
 
 def print_extras(result: dict[str, Any], console: Console) -> None:
-    lookups = Table(title="SemanticCache.lookup in-process on a paraphrase (exact miss, embed, "
-                          "search, guard); cold = CPU caches flushed first")
-    for column in ("entries", "index MB", "p50 ms", "p99 ms", "embed p50", "search p50",
-                   "search p99", "cold p50", "cold p99", "hit rate"):
+    lookups = Table(
+        title="SemanticCache.lookup in-process on a paraphrase (exact miss, embed, "
+        "search, guard); cold = CPU caches flushed first"
+    )
+    for column in (
+        "entries",
+        "index MB",
+        "p50 ms",
+        "p99 ms",
+        "embed p50",
+        "search p50",
+        "search p99",
+        "cold p50",
+        "cold p99",
+        "hit rate",
+    ):
         lookups.add_column(column, justify="right")
     for row in result["lookup"]:
-        lookups.add_row(f"{row['entries']:,}", f"{row['index_mb']}", f"{row['p50_ms']:.3f}",
-                        f"{row['p99_ms']:.3f}", f"{row['embed_p50_ms']:.3f}",
-                        f"{row['search_p50_ms']:.3f}", f"{row['search_p99_ms']:.3f}",
-                        f"{row['cold_p50_ms']:.3f}", f"{row['cold_p99_ms']:.3f}",
-                        f"{row['hit_rate']:.2f}")
+        lookups.add_row(
+            f"{row['entries']:,}",
+            f"{row['index_mb']}",
+            f"{row['p50_ms']:.3f}",
+            f"{row['p99_ms']:.3f}",
+            f"{row['embed_p50_ms']:.3f}",
+            f"{row['search_p50_ms']:.3f}",
+            f"{row['search_p99_ms']:.3f}",
+            f"{row['cold_p50_ms']:.3f}",
+            f"{row['cold_p99_ms']:.3f}",
+            f"{row['hit_rate']:.2f}",
+        )
     console.print(lookups)
     summary = Table(title="overhead and targets")
     for column in ("measure", "value", "target", ""):
         summary.add_column(column)
     for level, row in result["overhead"].items():
-        summary.add_row(f"added p50 c={level}: bare relay / kallm miss",
-                        f"{row['bare_relay_added_ms']} / {row['kallm_miss_added_ms']} ms",
-                        "", f"ratio {row['ratio']}")
+        summary.add_row(
+            f"added p50 c={level}: bare relay / kallm miss",
+            f"{row['bare_relay_added_ms']} / {row['kallm_miss_added_ms']} ms",
+            "",
+            f"ratio {row['ratio']}",
+        )
     for name, target in result["targets"].items():
         mark = "[green]ok[/]" if target["ok"] else "[red]MISSED[/]"
         summary.add_row(name, str(target["value"]), target["target"], mark)
@@ -212,36 +270,61 @@ def print_extras(result: dict[str, Any], console: Console) -> None:
 def parse_args(argv: Sequence[str] | None) -> tuple[RunOptions, list[int], int, Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", default="1,32", help="comma-separated (default 1,32)")
-    parser.add_argument("--requests", type=int, default=None,
-                        help="measured requests per cell (default 600 at c=1, 2400 above)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        help="measured requests per cell (default 600 at c=1, 2400 above)",
+    )
     parser.add_argument("--warmup", type=int, default=None, help="unmeasured requests per round")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per cell (default 5)")
-    parser.add_argument("--entries", type=int, default=None,
-                        help="answers in kallm's cache before the run (default 10000)")
-    parser.add_argument("--lookup-sizes", default=None,
-                        help="cache sizes for the in-process lookup (default 10000,100000)")
+    parser.add_argument(
+        "--entries",
+        type=int,
+        default=None,
+        help="answers in kallm's cache before the run (default 10000)",
+    )
+    parser.add_argument(
+        "--lookup-sizes",
+        default=None,
+        help="cache sizes for the in-process lookup (default 10000,100000)",
+    )
     parser.add_argument("--lookups", type=int, default=None, help="lookups timed per size")
     parser.add_argument("--embedder", default="local", choices=("local", "hash"))
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--cell-timeout", type=float, default=300.0,
-                        help="seconds one cell (all rounds) may take before it stops early")
+    parser.add_argument(
+        "--cell-timeout",
+        type=float,
+        default=300.0,
+        help="seconds one cell (all rounds) may take before it stops early",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results" / "core.json")
-    parser.add_argument("--kallm-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for the kallm process only, for A/B runs "
-                             "(e.g. OPENBLAS_NUM_THREADS=1); repeatable")
+    parser.add_argument(
+        "--kallm-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the kallm process only, for A/B runs "
+        "(e.g. OPENBLAS_NUM_THREADS=1); repeatable",
+    )
     parser.add_argument("--quick", action="store_true", help="small counts: a ~20 s smoke run")
     args = parser.parse_args(argv)
 
     def pick(value: Any, full: Any, small: Any) -> Any:
         return value if value is not None else (small if args.quick else full)
 
-    lookup_sizes = [int(s) for s in pick(args.lookup_sizes, "10000,100000",
-                                         "2000,10000").split(",")]
+    lookup_sizes = [
+        int(s) for s in pick(args.lookup_sizes, "10000,100000", "2000,10000").split(",")
+    ]
     options = RunOptions(
         concurrency=[int(c) for c in args.concurrency.split(",") if c.strip()],
-        requests=pick(args.requests, None, 150), warmup=pick(args.warmup, 100, 20),
-        rounds=pick(args.rounds, 5, 1), entries=pick(args.entries, 10_000, 2_000),
-        embedder=args.embedder, seed=args.seed, duration=args.cell_timeout,
+        requests=pick(args.requests, None, 150),
+        warmup=pick(args.warmup, 100, 20),
+        rounds=pick(args.rounds, 5, 1),
+        entries=pick(args.entries, 10_000, 2_000),
+        embedder=args.embedder,
+        seed=args.seed,
+        duration=args.cell_timeout,
         kallm_env=dict(item.split("=", 1) for item in args.kallm_env),
         min_prompts=max(lookup_sizes),
     )

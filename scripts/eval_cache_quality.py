@@ -61,7 +61,9 @@ class Outcome:
 
 
 async def ask_all(
-    cache: SemanticCache, queries: list[dict[str, Any]], intent_of: dict[str, str],
+    cache: SemanticCache,
+    queries: list[dict[str, Any]],
+    intent_of: dict[str, str],
     use_guard: bool,
 ) -> list[Outcome]:
     outcomes = []
@@ -140,8 +142,11 @@ def score(run: dict[str, Any], indexes: list[int], threshold: float) -> dict[str
 def choose(run: dict[str, Any], indexes: list[int]) -> float:
     """Highest hit rate with precision ≥ 97% and novel false hits ≤ 1%."""
     ok = [score(run, indexes, t) for t in THRESHOLDS]
-    ok = [s for s in ok if s["precision"] >= TARGET_PRECISION
-          and s["novel_false_hits"] <= TARGET_NOVEL]
+    ok = [
+        s
+        for s in ok
+        if s["precision"] >= TARGET_PRECISION and s["novel_false_hits"] <= TARGET_NOVEL
+    ]
     return max(ok, key=lambda s: (s["hit_rate"], s["threshold"]))["threshold"] if ok else 1.0
 
 
@@ -154,8 +159,11 @@ def halves(run: dict[str, Any]) -> list[list[int]]:
 
 def per_half(run: dict[str, Any]) -> list[dict[str, Any]]:
     """The thresholds near the choice, scored on each half: does a default hold on both?"""
-    return [{"half": f"half {h + 1}", **score(run, part, t)}
-            for t in (0.94, 0.95, 0.96, 0.97) for h, part in enumerate(halves(run))]
+    return [
+        {"half": f"half {h + 1}", **score(run, part, t)}
+        for t in (0.94, 0.95, 0.96, 0.97)
+        for h, part in enumerate(halves(run))
+    ]
 
 
 def cross_fit(run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -163,8 +171,13 @@ def cross_fit(run: dict[str, Any]) -> list[dict[str, Any]]:
     parts = halves(run)
     for pick, report in ((0, 1), (1, 0)):
         threshold = choose(run, parts[pick])
-        folds.append({"chosen_on": f"half {pick + 1}", "threshold": threshold,
-                      **score(run, parts[report], threshold)})
+        folds.append(
+            {
+                "chosen_on": f"half {pick + 1}",
+                "threshold": threshold,
+                **score(run, parts[report], threshold),
+            }
+        )
     return folds
 
 
@@ -185,8 +198,13 @@ async def pairs_eval(embedder: Any, pairs: list[dict[str, Any]], use_guard: bool
                 fp += 1
             elif pair["label"] == 1:
                 fn += 1
-        rows.append({"threshold": threshold, "precision": tp / (tp + fp) if tp + fp else 1.0,
-                     "recall": tp / (tp + fn) if tp + fn else 0.0})
+        rows.append(
+            {
+                "threshold": threshold,
+                "precision": tp / (tp + fp) if tp + fp else 1.0,
+                "recall": tp / (tp + fn) if tp + fn else 0.0,
+            }
+        )
     return rows
 
 
@@ -195,8 +213,9 @@ def table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
     for column in columns:
         view.add_column(column, justify="right")
     for row in rows:
-        view.add_row(*[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
-                       for c in columns])
+        view.add_row(
+            *[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+        )
     console.print(view)
 
 
@@ -207,8 +226,14 @@ def refused_sample(run: dict[str, Any], threshold: float, limit: int = 12) -> li
         if refusal and outcome.served[threshold] is None:
             reasons[refusal[1]] += 1
             if len(sample) < limit:
-                sample.append({"query": item["text"], "candidate": refusal[0],
-                               "reason": refusal[1], "similarity": round(refusal[2], 4)})
+                sample.append(
+                    {
+                        "query": item["text"],
+                        "candidate": refusal[0],
+                        "reason": refusal[1],
+                        "similarity": round(refusal[2], 4),
+                    }
+                )
     return [{"refused_by_reason": dict(reasons)}, *sample]
 
 
@@ -224,8 +249,10 @@ async def main() -> None:
     data = read_jsonl(args.data / "banking77_cache.jsonl")
     pairs = read_jsonl(args.data / "banking77_pairs.jsonl")
     console.print(f"embedder {embedder.name}, default threshold {embedder.default_threshold}")
-    report: dict[str, Any] = {"embedder": embedder.name,
-                              "default_threshold": embedder.default_threshold}
+    report: dict[str, Any] = {
+        "embedder": embedder.name,
+        "default_threshold": embedder.default_threshold,
+    }
     columns = ["threshold", "hit_rate", "precision", "wrong_per_request", "novel_false_hits"]
     correct: dict[str, dict[float, int]] = {}
     for use_guard in (False, True):
@@ -235,22 +262,33 @@ async def main() -> None:
         rows = [score(run, everyone, t) for t in THRESHOLDS]
         table(f"Banking77 cache simulation, {label}", rows, columns)
         folds = cross_fit(run)
-        table(f"cross-fitted choice ({label}): precision ≥ {TARGET_PRECISION}, "
-              f"novel ≤ {TARGET_NOVEL}", folds, ["chosen_on", *columns])
-        table(f"thresholds near the choice, per half ({label})", per_half(run),
-              ["half", *columns])
+        table(
+            f"cross-fitted choice ({label}): precision ≥ {TARGET_PRECISION}, "
+            f"novel ≤ {TARGET_NOVEL}",
+            folds,
+            ["chosen_on", *columns],
+        )
+        table(f"thresholds near the choice, per half ({label})", per_half(run), ["half", *columns])
         correct[label] = {t: score(run, everyone, t)["correct_hits"] for t in THRESHOLDS}
         pair_rows = await pairs_eval(embedder, pairs, use_guard)
         table(f"Banking77 pairs, {label}", pair_rows, ["threshold", "precision", "recall"])
-        report[label] = {"simulation": rows, "cross_fit": folds, "pairs": pair_rows,
-                         "refused": refused_sample(run, embedder.default_threshold)
-                         if use_guard else None}
+        report[label] = {
+            "simulation": rows,
+            "cross_fit": folds,
+            "pairs": pair_rows,
+            "refused": refused_sample(run, embedder.default_threshold) if use_guard else None,
+        }
         if use_guard:
             console.print(report[label]["refused"])
-    cost = [{"threshold": t, "correct_off": correct["guard off"][t],
-             "correct_on": correct["guard on"][t],
-             "lost": 1 - correct["guard on"][t] / max(correct["guard off"][t], 1)}
-            for t in THRESHOLDS]
+    cost = [
+        {
+            "threshold": t,
+            "correct_off": correct["guard off"][t],
+            "correct_on": correct["guard on"][t],
+            "lost": 1 - correct["guard on"][t] / max(correct["guard off"][t], 1),
+        }
+        for t in THRESHOLDS
+    ]
     table("correct hits the guard costs", cost, ["threshold", "correct_off", "correct_on", "lost"])
     report["guard_cost"] = cost
     args.json.parent.mkdir(parents=True, exist_ok=True)

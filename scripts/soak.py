@@ -38,8 +38,7 @@ def body(i: int, rng: random.Random) -> dict:
     if kind == 1:
         text = f"question {i - 1} about topic 7"  # near a recent one
     model = "gpt-4o-mini" if kind != 4 else f"invented-model-{i}"
-    return {"model": model, "messages": [{"role": "user", "content": text}],
-            "stream": kind == 3}
+    return {"model": model, "messages": [{"role": "user", "content": text}], "stream": kind == 3}
 
 
 async def load(url: str, requests: int, concurrency: int, pid: int, slices: int) -> list[float]:
@@ -48,6 +47,7 @@ async def load(url: str, requests: int, concurrency: int, pid: int, slices: int)
     queue = iter(range(requests))
     per_slice = requests // slices
     async with aiohttp.ClientSession() as session:
+
         async def worker() -> None:
             for i in queue:
                 async with session.post(url, json=body(i, rng)) as response:
@@ -69,26 +69,43 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        upstream = await start("upstream", ["-m", "kallm.bench.upstream", "--port", "{port}"],
-                               work, ready_path="/v1/models")
+        upstream = await start(
+            "upstream",
+            ["-m", "kallm.bench.upstream", "--port", "{port}"],
+            work,
+            ready_path="/v1/models",
+        )
         config = work / "kallm.toml"
-        config.write_text(f'[upstream]\nbase_url = "{upstream.root}/v1"\napi_key = "sk-soak"\n'
-                          f'[[providers]]\nname = "openai"\nbase_url = "{upstream.root}/v1"\n'
-                          f'api_key = "sk-soak"\nmodels = ["gpt-*"]\n'
-                          f'[cache]\nmax_entries = 2000\nfile = "{work / "cache.kallm"}"\n'
-                          f'[db]\npath = "{work / "kallm.db"}"\n[log]\nlevel = "warning"\n')
-        kallm = await start("kallm", ["-m", "kallm", "serve", "--config", str(config),
-                                      "--port", "{port}"], work, ready_path="/health")
+        config.write_text(
+            f'[upstream]\nbase_url = "{upstream.root}/v1"\napi_key = "sk-soak"\n'
+            f'[[providers]]\nname = "openai"\nbase_url = "{upstream.root}/v1"\n'
+            f'api_key = "sk-soak"\nmodels = ["gpt-*"]\n'
+            f'[cache]\nmax_entries = 2000\nfile = "{work / "cache.kallm"}"\n'
+            f'[db]\npath = "{work / "kallm.db"}"\n[log]\nlevel = "warning"\n'
+        )
+        kallm = await start(
+            "kallm",
+            ["-m", "kallm", "serve", "--config", str(config), "--port", "{port}"],
+            work,
+            ready_path="/health",
+        )
         try:
-            samples = await load(kallm.root + "/v1/chat/completions", args.requests,
-                                 args.concurrency, kallm.pid, args.slices)
+            samples = await load(
+                kallm.root + "/v1/chat/completions",
+                args.requests,
+                args.concurrency,
+                kallm.pid,
+                args.slices,
+            )
         finally:
             await stop(kallm)
             await stop(upstream)
     warm = samples[2] if len(samples) > 2 else samples[0]
-    print(f"RSS at start {samples[0]:.1f} MB, after warm-up {warm:.1f} MB, at the end "
-          f"{samples[-1]:.1f} MB: growth after warm-up {samples[-1] - warm:+.1f} MB "
-          f"over {args.requests - 2 * (args.requests // args.slices):,} requests")
+    print(
+        f"RSS at start {samples[0]:.1f} MB, after warm-up {warm:.1f} MB, at the end "
+        f"{samples[-1]:.1f} MB: growth after warm-up {samples[-1] - warm:+.1f} MB "
+        f"over {args.requests - 2 * (args.requests // args.slices):,} requests"
+    )
 
 
 if __name__ == "__main__":

@@ -22,20 +22,49 @@ from tests.fake_base import FakeServer, start
 from tests.fake_upstream import count_tokens
 
 MESSAGES_PATH = "/v1/messages"
-_TOP_LEVEL = frozenset({"model", "messages", "max_tokens", "system", "metadata", "stop_sequences",
-                        "stream", "temperature", "top_p", "top_k", "tools", "tool_choice",
-                        "thinking", "service_tier", "container", "mcp_servers"})
+_TOP_LEVEL = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "service_tier",
+        "container",
+        "mcp_servers",
+    }
+)
 _USER_BLOCKS = frozenset({"text", "image", "document", "tool_result", "search_result"})
 _ASSISTANT_BLOCKS = frozenset({"text", "tool_use", "thinking", "redacted_thinking"})
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
-                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-                429: "rate_limit_error", 500: "api_error", 504: "timeout_error",
-                529: "overloaded_error"}
-_ERROR_TEXT = {401: "invalid x-api-key", 403: "Your API key does not have permission.",
-               429: "Number of request tokens has exceeded your per-minute rate limit.",
-               500: "Internal server error", 529: "Overloaded"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_ERROR_TEXT = {
+    401: "invalid x-api-key",
+    403: "Your API key does not have permission.",
+    429: "Number of request tokens has exceeded your per-minute rate limit.",
+    500: "Internal server error",
+    529: "Overloaded",
+}
 
 
 class AnthropicError(Exception):
@@ -47,8 +76,11 @@ class AnthropicError(Exception):
         self.type = type_ or _ERROR_TYPES.get(status, "api_error")
 
     def body(self) -> dict[str, Any]:
-        return {"type": "error", "error": {"type": self.type, "message": self.message},
-                "request_id": f"req_{uuid.uuid4().hex[:24]}"}
+        return {
+            "type": "error",
+            "error": {"type": self.type, "message": self.message},
+            "request_id": f"req_{uuid.uuid4().hex[:24]}",
+        }
 
 
 def _invalid(message: str) -> AnthropicError:
@@ -120,19 +152,29 @@ class FakeAnthropic(FakeServer):
         if (body.get("thinking") or {}).get("type") == "enabled":
             signature = uuid.uuid4().hex
             self.signatures.add(signature)
-            content.append({"type": "thinking", "thinking": f"The user asks: {text}",
-                            "signature": signature})
+            content.append(
+                {"type": "thinking", "thinking": f"The user asks: {text}", "signature": signature}
+            )
         choice = body.get("tool_choice") or {"type": "auto"}
         tools = body.get("tools") or []
         forced = choice["type"] in ("any", "tool")
         stop_reason, stop_sequence = "end_turn", None
-        if tools and not results and (forced or (choice["type"] == "auto"
-                                                 and "weather" in text.lower())):
+        if (
+            tools
+            and not results
+            and (forced or (choice["type"] == "auto" and "weather" in text.lower()))
+        ):
             tool = next((t for t in tools if t["name"] == choice.get("name")), tools[0])
             if not forced:
                 content.append({"type": "text", "text": "Let me check the weather."})
-            content.append({"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}",
-                            "name": tool["name"], "input": _tool_input(tool, text)})
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{uuid.uuid4().hex[:24]}",
+                    "name": tool["name"],
+                    "input": _tool_input(tool, text),
+                }
+            )
             stop_reason = "tool_use"
         else:
             if results:
@@ -141,41 +183,59 @@ class FakeAnthropic(FakeServer):
                 answer = self.reply if self.reply is not None else f"Answer to: {text}"
             for stop in body.get("stop_sequences") or []:
                 if stop in answer:
-                    answer, stop_reason, stop_sequence = answer[:answer.index(stop)], \
-                        "stop_sequence", stop
+                    answer, stop_reason, stop_sequence = (
+                        answer[: answer.index(stop)],
+                        "stop_sequence",
+                        stop,
+                    )
             words = answer.split(" ")
             if len(words) > body["max_tokens"]:
-                answer, stop_reason = " ".join(words[:body["max_tokens"]]), "max_tokens"
+                answer, stop_reason = " ".join(words[: body["max_tokens"]]), "max_tokens"
             content.append({"type": "text", "text": answer})
-        return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-                "model": model, "content": content, "stop_reason": stop_reason,
-                "stop_sequence": stop_sequence, "usage": self._usage(body, content)}
+        return {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
+            "usage": self._usage(body, content),
+        }
 
     def _usage(self, body: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, Any]:
         system = body.get("system") or ""
-        prompt = count_tokens(system if isinstance(system, str) else
-                              " ".join(b["text"] for b in system))
+        prompt = count_tokens(
+            system if isinstance(system, str) else " ".join(b["text"] for b in system)
+        )
         prompt += sum(_block_tokens(b) for m in body["messages"] for b in _as_blocks(m["content"]))
-        return {"input_tokens": prompt, "cache_creation_input_tokens": self.cache_creation_tokens,
-                "cache_read_input_tokens": self.cache_read_tokens,
-                "output_tokens": sum(_block_tokens(b) for b in content) or 1,
-                "service_tier": "standard"}
+        return {
+            "input_tokens": prompt,
+            "cache_creation_input_tokens": self.cache_creation_tokens,
+            "cache_read_input_tokens": self.cache_read_tokens,
+            "output_tokens": sum(_block_tokens(b) for b in content) or 1,
+            "service_tier": "standard",
+        }
 
     # -- SSE ---------------------------------------------------------------------
 
-    async def _stream(self, request: web.Request, message: dict[str, Any],
-                      headers: dict[str, str]) -> web.StreamResponse:
-        response = web.StreamResponse(headers={
-            **headers, "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache"})
+    async def _stream(
+        self, request: web.Request, message: dict[str, Any], headers: dict[str, str]
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                **headers,
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+            }
+        )
         await response.prepare(request)
         sent = 0
         try:
             for name, data, terminal in _events(message):
                 if self.stream_error_after is not None and sent >= self.stream_error_after:
                     error = AnthropicError(529, "Overloaded").body()
-                    await response.write(_sse("error", {"type": "error",
-                                                        "error": error["error"]}))
+                    await response.write(_sse("error", {"type": "error", "error": error["error"]}))
                     return response
                 cut = self.cut_stream_after
                 if cut is not None and (sent >= cut or terminal):
@@ -196,16 +256,26 @@ def _sse(name: str, data: dict[str, Any]) -> bytes:
 def _events(message: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], bool]]:
     """The real sequence: message_start, per block start/ping/deltas/stop, message_delta, stop."""
     usage = message["usage"]
-    head = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {**usage, "output_tokens": 1}}
+    head = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**usage, "output_tokens": 1},
+    }
     yield "message_start", {"type": "message_start", "message": head}, False
     for index, block in enumerate(message["content"]):
         kind = block["type"]
-        empty = {"text": {"type": "text", "text": ""},
-                 "thinking": {"type": "thinking", "thinking": "", "signature": ""},
-                 "tool_use": {**block, "input": {}}}[kind]
-        yield "content_block_start", {"type": "content_block_start", "index": index,
-                                      "content_block": empty}, False
+        empty = {
+            "text": {"type": "text", "text": ""},
+            "thinking": {"type": "thinking", "thinking": "", "signature": ""},
+            "tool_use": {**block, "input": {}},
+        }[kind]
+        yield (
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": empty},
+            False,
+        )
         if index == 0:
             yield "ping", {"type": "ping"}, False
         if kind == "text":
@@ -216,24 +286,37 @@ def _events(message: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], bool
         else:
             raw = json.dumps(block["input"], ensure_ascii=False)
             deltas = [{"type": "input_json_delta", "partial_json": ""}]
-            deltas += [{"type": "input_json_delta", "partial_json": raw[i:i + 7]}
-                       for i in range(0, len(raw) if block["input"] else 0, 7)]
+            deltas += [
+                {"type": "input_json_delta", "partial_json": raw[i : i + 7]}
+                for i in range(0, len(raw) if block["input"] else 0, 7)
+            ]
         for delta in deltas:
-            yield "content_block_delta", {"type": "content_block_delta", "index": index,
-                                          "delta": delta}, False
+            yield (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+                False,
+            )
         yield "content_block_stop", {"type": "content_block_stop", "index": index}, False
     final_usage = {k: v for k, v in usage.items() if k != "service_tier"}
-    yield "message_delta", {"type": "message_delta",
-                            "delta": {"stop_reason": message["stop_reason"],
-                                      "stop_sequence": message["stop_sequence"]},
-                            "usage": final_usage}, True
+    yield (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {
+                "stop_reason": message["stop_reason"],
+                "stop_sequence": message["stop_sequence"],
+            },
+            "usage": final_usage,
+        },
+        True,
+    )
     yield "message_stop", {"type": "message_stop"}, True
 
 
 def _pieces(text: str) -> list[str]:
     pieces = re.findall(r"\s*\S+", text)
     if pieces:
-        pieces[-1] += text[len("".join(pieces)):]
+        pieces[-1] += text[len("".join(pieces)) :]
     return pieces or ([text] if text else [])
 
 
@@ -296,8 +379,9 @@ def validate(body: dict[str, Any], signatures: set[str] | frozenset[str] = froze
         if value is not None and (not isinstance(value, int | float) or not 0 <= value <= high):
             raise _invalid(f"{name}: Input should be a number between 0 and {high:g}")
     stops = body.get("stop_sequences")
-    if stops is not None and (not isinstance(stops, list)
-                              or not all(isinstance(s, str) and s.strip() for s in stops)):
+    if stops is not None and (
+        not isinstance(stops, list) or not all(isinstance(s, str) and s.strip() for s in stops)
+    ):
         raise _invalid("stop_sequences: each stop sequence must contain non-whitespace")
     metadata = body.get("metadata")
     if metadata is not None and (not isinstance(metadata, dict) or set(metadata) - {"user_id"}):
@@ -311,8 +395,12 @@ def _validate_system(system: Any) -> None:
     if system is None or isinstance(system, str):
         return
     if not isinstance(system, list) or not all(
-            isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
-            and b["text"] for b in system):
+        isinstance(b, dict)
+        and b.get("type") == "text"
+        and isinstance(b.get("text"), str)
+        and b["text"]
+        for b in system
+    ):
         raise _invalid("system: Input should be a valid string or a list of non-empty text blocks")
 
 
@@ -325,22 +413,28 @@ def _validate_messages(messages: Any) -> None:
             raise _invalid(f"messages.{i}: Input should be an object with role and content")
         role = message.get("role")
         if role == "system":
-            raise _invalid('messages: Unexpected role "system". The Messages API accepts a '
-                           'top-level `system` parameter, not "system" as an input message role.')
+            raise _invalid(
+                'messages: Unexpected role "system". The Messages API accepts a '
+                'top-level `system` parameter, not "system" as an input message role.'
+            )
         if role not in ("user", "assistant"):
             raise _invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
         if i == 0 and role != "user":
             raise _invalid('messages: first message must use the "user" role')
         if i and messages[i - 1].get("role") == role:
-            raise _invalid(f'messages: roles must alternate between "user" and "assistant", '
-                           f'but found multiple "{role}" roles in a row')
+            raise _invalid(
+                f'messages: roles must alternate between "user" and "assistant", '
+                f'but found multiple "{role}" roles in a row'
+            )
         blocks = _validate_content(message.get("content"), i, role, i == len(messages) - 1)
         if role == "user":
             answered = _validate_results(blocks, i, pending)
             if pending - answered:
-                raise _invalid(f"messages.{i - 1}: `tool_use` ids were found without "
-                               f"`tool_result` blocks immediately after: "
-                               f"{', '.join(sorted(pending - answered))}")
+                raise _invalid(
+                    f"messages.{i - 1}: `tool_use` ids were found without "
+                    f"`tool_result` blocks immediately after: "
+                    f"{', '.join(sorted(pending - answered))}"
+                )
             pending = set()
         else:
             pending = {b["id"] for b in blocks if b["type"] == "tool_use"}
@@ -349,36 +443,51 @@ def _validate_messages(messages: Any) -> None:
 def _validate_content(content: Any, i: int, role: str, last: bool) -> list[dict[str, Any]]:
     if isinstance(content, str):
         if not content and not (last and role == "assistant"):
-            raise _invalid(f"messages.{i}: all messages must have non-empty content except "
-                           "for the optional final assistant message")
+            raise _invalid(
+                f"messages.{i}: all messages must have non-empty content except "
+                "for the optional final assistant message"
+            )
         blocks = [{"type": "text", "text": content}] if content else []
     elif isinstance(content, list) and (content or (last and role == "assistant")):
         blocks = content
     else:
-        raise _invalid(f"messages.{i}: all messages must have non-empty content except for "
-                       "the optional final assistant message")
+        raise _invalid(
+            f"messages.{i}: all messages must have non-empty content except for "
+            "the optional final assistant message"
+        )
     allowed = _USER_BLOCKS if role == "user" else _ASSISTANT_BLOCKS
     for j, block in enumerate(blocks):
         where = f"messages.{i}.content.{j}"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind not in allowed:
-            raise _invalid(f"{where}.type: Input tag '{kind}' found using 'type' does not match "
-                           f"any of the expected tags: {', '.join(sorted(allowed))}")
+            raise _invalid(
+                f"{where}.type: Input tag '{kind}' found using 'type' does not match "
+                f"any of the expected tags: {', '.join(sorted(allowed))}"
+            )
         if kind == "text" and (not isinstance(block.get("text"), str) or not block["text"]):
             raise _invalid("messages: text content blocks must be non-empty")
         if kind == "image":
             _validate_source(block.get("source"), f"{where}.image.source", _IMAGE_TYPES)
         if kind == "document":
-            _validate_source(block.get("source"), f"{where}.document.source",
-                             frozenset({"application/pdf"}))
-        if kind == "tool_use" and not (isinstance(block.get("id"), str)
-                                       and re.fullmatch(r"[a-zA-Z0-9_-]+", block["id"])
-                                       and isinstance(block.get("name"), str)
-                                       and isinstance(block.get("input"), dict)):
-            raise _invalid(f"{where}.tool_use: id (^[a-zA-Z0-9_-]+$), name and input (an "
-                           "object) are required")
-    if last and role == "assistant" and blocks and blocks[-1]["type"] == "text" \
-            and blocks[-1]["text"] != blocks[-1]["text"].rstrip():
+            _validate_source(
+                block.get("source"), f"{where}.document.source", frozenset({"application/pdf"})
+            )
+        if kind == "tool_use" and not (
+            isinstance(block.get("id"), str)
+            and re.fullmatch(r"[a-zA-Z0-9_-]+", block["id"])
+            and isinstance(block.get("name"), str)
+            and isinstance(block.get("input"), dict)
+        ):
+            raise _invalid(
+                f"{where}.tool_use: id (^[a-zA-Z0-9_-]+$), name and input (an object) are required"
+            )
+    if (
+        last
+        and role == "assistant"
+        and blocks
+        and blocks[-1]["type"] == "text"
+        and blocks[-1]["text"] != blocks[-1]["text"].rstrip()
+    ):
         raise _invalid("messages: final assistant content cannot end with trailing whitespace")
     return blocks
 
@@ -387,16 +496,19 @@ def _validate_source(source: Any, where: str, media_types: frozenset[str]) -> No
     kind = source.get("type") if isinstance(source, dict) else None
     if kind == "base64":
         if source.get("media_type") not in media_types:
-            raise _invalid(f"{where}.base64.media_type: Input should be "
-                           f"{' or '.join(sorted(media_types))}")
+            raise _invalid(
+                f"{where}.base64.media_type: Input should be {' or '.join(sorted(media_types))}"
+            )
         if not isinstance(source.get("data"), str) or not source["data"]:
             raise _invalid(f"{where}.base64.data: Field required")
     elif kind == "url":
         if not isinstance(source.get("url"), str) or not source["url"].startswith("http"):
             raise _invalid(f"{where}.url.url: Input should be a valid URL")
     else:
-        raise _invalid(f"{where}: Input tag '{kind}' found using 'type' does not match any of "
-                       "the expected tags: 'base64', 'url'")
+        raise _invalid(
+            f"{where}: Input tag '{kind}' found using 'type' does not match any of "
+            "the expected tags: 'base64', 'url'"
+        )
 
 
 def _validate_results(blocks: list[dict[str, Any]], i: int, pending: set[str]) -> set[str]:
@@ -407,17 +519,22 @@ def _validate_results(blocks: list[dict[str, Any]], i: int, pending: set[str]) -
             seen_other = True
             continue
         if seen_other:
-            raise _invalid(f"messages.{i}: tool_result blocks must come first in the user "
-                           "message content, before any other blocks")
+            raise _invalid(
+                f"messages.{i}: tool_result blocks must come first in the user "
+                "message content, before any other blocks"
+            )
         use_id = block.get("tool_use_id")
         if use_id not in pending:
-            raise _invalid(f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
-                           f"`tool_result` blocks: {use_id}. Each `tool_result` block must "
-                           "have a corresponding `tool_use` block in the previous message.")
+            raise _invalid(
+                f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
+                f"`tool_result` blocks: {use_id}. Each `tool_result` block must "
+                "have a corresponding `tool_use` block in the previous message."
+            )
         content = block.get("content", "")
         if not isinstance(content, str | list):
-            raise _invalid(f"messages.{i}.content.{j}.content: Input should be a string or "
-                           "a list of blocks")
+            raise _invalid(
+                f"messages.{i}.content.{j}.content: Input should be a string or a list of blocks"
+            )
         answered.add(use_id)
     return answered
 
@@ -431,8 +548,9 @@ def _validate_tools(body: dict[str, Any]) -> None:
         if not isinstance(tool, dict) or "name" not in tool:
             raise _invalid(f"tools.{k}.name: Field required")
         if not isinstance(tool["name"], str) or not _TOOL_NAME.match(tool["name"]):
-            raise _invalid(f"tools.{k}.custom.name: String should match pattern "
-                           "'^[a-zA-Z0-9_-]{1,128}$'")
+            raise _invalid(
+                f"tools.{k}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{{1,128}}$'"
+            )
         schema = tool.get("input_schema")
         if not isinstance(schema, dict):
             raise _invalid(f"tools.{k}.custom.input_schema: Field required")
@@ -447,8 +565,10 @@ def _validate_tools(body: dict[str, Any]) -> None:
     if choice is None:
         return
     if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
-        raise _invalid("tool_choice: Input tag found using 'type' does not match any of the "
-                       "expected tags: 'auto', 'any', 'tool', 'none'")
+        raise _invalid(
+            "tool_choice: Input tag found using 'type' does not match any of the "
+            "expected tags: 'auto', 'any', 'tool', 'none'"
+        )
     if not names:
         raise _invalid("tool_choice: tool_choice may only be specified while providing tools.")
     if choice["type"] == "tool" and choice.get("name") not in names:
@@ -460,8 +580,9 @@ def _validate_thinking(body: dict[str, Any], signatures: set[str] | frozenset[st
     for i, message in enumerate(messages):
         for block in _as_blocks(message["content"]):
             if block["type"] == "thinking" and (
-                    not isinstance(block.get("thinking"), str)
-                    or block.get("signature") not in signatures):
+                not isinstance(block.get("thinking"), str)
+                or block.get("signature") not in signatures
+            ):
                 raise _invalid(f"messages.{i}.content: Invalid `signature` in `thinking` block")
     thinking = body.get("thinking")
     if thinking is None or thinking == {"type": "disabled"}:
@@ -469,21 +590,28 @@ def _validate_thinking(body: dict[str, Any], signatures: set[str] | frozenset[st
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
     if last is not None and last + 1 < len(messages):
         blocks = _as_blocks(messages[last]["content"])
-        answered = any(b["type"] == "tool_result"
-                       for b in _as_blocks(messages[last + 1]["content"]))
+        answered = any(
+            b["type"] == "tool_result" for b in _as_blocks(messages[last + 1]["content"])
+        )
         if blocks and answered and blocks[0]["type"] not in ("thinking", "redacted_thinking"):
-            raise _invalid(f"messages.{last}.content.0.type: Expected `thinking` or "
-                           f"`redacted_thinking`, but found `{blocks[0]['type']}`. When "
-                           "`thinking` is enabled, a final `assistant` message must start with "
-                           "a thinking block (preceeding the lastmost set of `tool_use` and "
-                           "`tool_result` blocks).")
+            raise _invalid(
+                f"messages.{last}.content.0.type: Expected `thinking` or "
+                f"`redacted_thinking`, but found `{blocks[0]['type']}`. When "
+                "`thinking` is enabled, a final `assistant` message must start with "
+                "a thinking block (preceeding the lastmost set of `tool_use` and "
+                "`tool_result` blocks)."
+            )
     budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
-    if not isinstance(thinking, dict) or thinking.get("type") != "enabled" \
-            or not isinstance(budget, int):
+    if (
+        not isinstance(thinking, dict)
+        or thinking.get("type") != "enabled"
+        or not isinstance(budget, int)
+    ):
         raise _invalid("thinking: Input should be {type: enabled, budget_tokens} or disabled")
     if budget < 1024:
-        raise _invalid("thinking.enabled.budget_tokens: Input should be greater than or "
-                       "equal to 1024")
+        raise _invalid(
+            "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+        )
     if body["max_tokens"] <= budget:
         raise _invalid("`max_tokens` must be greater than `thinking.budget_tokens`.")
     if body.get("temperature") not in (None, 1):

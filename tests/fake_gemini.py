@@ -25,39 +25,121 @@ from tests.fake_base import FakeServer, start
 from tests.fake_upstream import count_tokens
 
 SKIP_SIGNATURE = "skip_thought_signature_validator"
-_PATH = re.compile(r"^/v1beta/((?:models|tunedModels)/[^/:]+):(generateContent|"
-                   r"streamGenerateContent)$")
-_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-           404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE",
-           504: "DEADLINE_EXCEEDED"}
-_TEXT = {429: "Resource has been exhausted (e.g. check quota).",
-         500: "An internal error has occurred. Please retry or report in "
-              "https://developers.generativeai.google/guide/troubleshooting",
-         503: "The model is overloaded. Please try again later."}
-_FIELDS = {
-    "request": {"model", "contents", "systemInstruction", "generationConfig", "tools",
-                "toolConfig", "safetySettings", "cachedContent"},
-    "content": {"role", "parts"},
-    "part": {"text", "inlineData", "fileData", "functionCall", "functionResponse",
-             "executableCode", "codeExecutionResult", "thought", "thoughtSignature",
-             "videoMetadata"},
-    "generationConfig": {"stopSequences", "responseMimeType", "responseSchema",
-                         "responseJsonSchema", "responseModalities", "candidateCount",
-                         "maxOutputTokens", "temperature", "topP", "topK", "seed",
-                         "presencePenalty", "frequencyPenalty", "responseLogprobs", "logprobs",
-                         "thinkingConfig", "speechConfig", "mediaResolution"},
-    "thinkingConfig": {"includeThoughts", "thinkingBudget", "thinkingLevel"},
-    "tool": {"functionDeclarations", "googleSearch", "googleSearchRetrieval", "codeExecution",
-             "urlContext"},
-    "functionDeclaration": {"name", "description", "parameters", "parametersJsonSchema",
-                            "response", "responseJsonSchema", "behavior"},
-    "schema": {"type", "format", "title", "description", "nullable", "enum", "maxItems",
-               "minItems", "properties", "required", "minProperties", "maxProperties",
-               "minLength", "maxLength", "pattern", "example", "anyOf", "propertyOrdering",
-               "default", "items", "minimum", "maximum"},
+_PATH = re.compile(
+    r"^/v1beta/((?:models|tunedModels)/[^/:]+):(generateContent|"
+    r"streamGenerateContent)$"
+)
+_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
 }
-_DATA_FIELDS = ("text", "inlineData", "fileData", "functionCall", "functionResponse",
-                "executableCode", "codeExecutionResult")
+_TEXT = {
+    429: "Resource has been exhausted (e.g. check quota).",
+    500: "An internal error has occurred. Please retry or report in "
+    "https://developers.generativeai.google/guide/troubleshooting",
+    503: "The model is overloaded. Please try again later.",
+}
+_FIELDS = {
+    "request": {
+        "model",
+        "contents",
+        "systemInstruction",
+        "generationConfig",
+        "tools",
+        "toolConfig",
+        "safetySettings",
+        "cachedContent",
+    },
+    "content": {"role", "parts"},
+    "part": {
+        "text",
+        "inlineData",
+        "fileData",
+        "functionCall",
+        "functionResponse",
+        "executableCode",
+        "codeExecutionResult",
+        "thought",
+        "thoughtSignature",
+        "videoMetadata",
+    },
+    "generationConfig": {
+        "stopSequences",
+        "responseMimeType",
+        "responseSchema",
+        "responseJsonSchema",
+        "responseModalities",
+        "candidateCount",
+        "maxOutputTokens",
+        "temperature",
+        "topP",
+        "topK",
+        "seed",
+        "presencePenalty",
+        "frequencyPenalty",
+        "responseLogprobs",
+        "logprobs",
+        "thinkingConfig",
+        "speechConfig",
+        "mediaResolution",
+    },
+    "thinkingConfig": {"includeThoughts", "thinkingBudget", "thinkingLevel"},
+    "tool": {
+        "functionDeclarations",
+        "googleSearch",
+        "googleSearchRetrieval",
+        "codeExecution",
+        "urlContext",
+    },
+    "functionDeclaration": {
+        "name",
+        "description",
+        "parameters",
+        "parametersJsonSchema",
+        "response",
+        "responseJsonSchema",
+        "behavior",
+    },
+    "schema": {
+        "type",
+        "format",
+        "title",
+        "description",
+        "nullable",
+        "enum",
+        "maxItems",
+        "minItems",
+        "properties",
+        "required",
+        "minProperties",
+        "maxProperties",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "example",
+        "anyOf",
+        "propertyOrdering",
+        "default",
+        "items",
+        "minimum",
+        "maximum",
+    },
+}
+_DATA_FIELDS = (
+    "text",
+    "inlineData",
+    "fileData",
+    "functionCall",
+    "functionResponse",
+    "executableCode",
+    "codeExecutionResult",
+)
 _FUNCTION_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.:-]{0,63}$")
 
 
@@ -67,8 +149,11 @@ class GeminiError(Exception):
         self.status, self.message, self.details = status, message, details
 
     def body(self) -> dict[str, Any]:
-        error = {"code": self.status, "message": self.message,
-                 "status": _STATUS.get(self.status, "UNKNOWN")}
+        error = {
+            "code": self.status,
+            "message": self.message,
+            "status": _STATUS.get(self.status, "UNKNOWN"),
+        }
         if self.details:
             error["details"] = self.details
         return {"error": error}
@@ -105,8 +190,11 @@ class FakeGemini(FakeServer):
             self._check_key(request)
             model = match.group(1).split("/", 1)[1]
             if not model.startswith("gemini"):
-                raise GeminiError(404, f"models/{model} is not found for API version v1beta, "
-                                  "or is not supported for generateContent.")
+                raise GeminiError(
+                    404,
+                    f"models/{model} is not found for API version v1beta, "
+                    "or is not supported for generateContent.",
+                )
             self._maybe_fail()
             if not isinstance(parsed, dict):
                 raise _invalid("Invalid JSON payload received. Expected an object.")
@@ -121,13 +209,24 @@ class FakeGemini(FakeServer):
     def _check_key(self, request: web.Request) -> None:
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
         if not key:
-            raise GeminiError(403, "Method doesn't allow unregistered callers (callers without "
-                              "established identity). Please use API Key or other form of API "
-                              "consumer identity to call this API.")
+            raise GeminiError(
+                403,
+                "Method doesn't allow unregistered callers (callers without "
+                "established identity). Please use API Key or other form of API "
+                "consumer identity to call this API.",
+            )
         if self.api_key is not None and key != self.api_key:
-            raise GeminiError(400, "API key not valid. Please pass a valid API key.", [{
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
-                "domain": "googleapis.com"}])
+            raise GeminiError(
+                400,
+                "API key not valid. Please pass a valid API key.",
+                [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "API_KEY_INVALID",
+                        "domain": "googleapis.com",
+                    }
+                ],
+            )
 
     def _maybe_fail(self) -> None:
         status = self.armed_failure()
@@ -145,17 +244,23 @@ class FakeGemini(FakeServer):
         parts: list[dict[str, Any]] = []
         if (config.get("thinkingConfig") or {}).get("includeThoughts"):
             parts.append({"text": f"The user asks: {text}", "thought": True})
-        declarations = [d for tool in body.get("tools") or []
-                        for d in tool.get("functionDeclarations") or []]
+        declarations = [
+            d for tool in body.get("tools") or [] for d in tool.get("functionDeclarations") or []
+        ]
         calling = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
         mode = calling.get("mode", "AUTO")
         finish = "STOP"
-        if declarations and not responses and mode != "NONE" and (
-                mode == "ANY" or "weather" in text.lower()):
+        if (
+            declarations
+            and not responses
+            and mode != "NONE"
+            and (mode == "ANY" or "weather" in text.lower())
+        ):
             allowed = calling.get("allowedFunctionNames") or [declarations[0]["name"]]
             declaration = next(d for d in declarations if d["name"] == allowed[0])
-            call: dict[str, Any] = {"functionCall": {"name": declaration["name"],
-                                                     "args": _args(declaration, text)}}
+            call: dict[str, Any] = {
+                "functionCall": {"name": declaration["name"], "args": _args(declaration, text)}
+            }
             if _signs(model):
                 signature = base64.b64encode(uuid.uuid4().bytes).decode()
                 self.signatures.add(signature)
@@ -164,8 +269,8 @@ class FakeGemini(FakeServer):
         else:
             if responses:
                 answer = "The tool said: " + " ".join(
-                    str(r["response"].get("result", json.dumps(r["response"])))
-                    for r in responses)
+                    str(r["response"].get("result", json.dumps(r["response"]))) for r in responses
+                )
             else:
                 answer = self.reply if self.reply is not None else f"Answer to: {text}"
             answer += f" [{index}]" if index else ""
@@ -173,7 +278,7 @@ class FakeGemini(FakeServer):
                 answer = answer.split(stop, 1)[0]
             words = answer.split(" ")
             if config.get("maxOutputTokens") and len(words) > config["maxOutputTokens"]:
-                answer, finish = " ".join(words[:config["maxOutputTokens"]]), "MAX_TOKENS"
+                answer, finish = " ".join(words[: config["maxOutputTokens"]]), "MAX_TOKENS"
             parts.append({"text": answer})
         if self.finish_reason is not None:
             finish = self.finish_reason
@@ -183,25 +288,32 @@ class FakeGemini(FakeServer):
 
     def _usage(self, body: dict[str, Any], turns: list[dict[str, Any]]) -> dict[str, Any]:
         prompt = sum(_part_tokens(p) for c in body["contents"] for p in c["parts"])
-        prompt += sum(_part_tokens(p) for p in (body.get("systemInstruction") or {})
-                      .get("parts", []))
+        prompt += sum(
+            _part_tokens(p) for p in (body.get("systemInstruction") or {}).get("parts", [])
+        )
         output = sum(_part_tokens(p) for t in turns for p in t["parts"] if not p.get("thought"))
         thoughts = sum(_part_tokens(p) for t in turns for p in t["parts"] if p.get("thought"))
-        usage: dict[str, Any] = {"promptTokenCount": prompt, "candidatesTokenCount": output,
-                                 "totalTokenCount": prompt + output + thoughts,
-                                 "promptTokensDetails": [{"modality": "TEXT",
-                                                          "tokenCount": prompt}]}
+        usage: dict[str, Any] = {
+            "promptTokenCount": prompt,
+            "candidatesTokenCount": output,
+            "totalTokenCount": prompt + output + thoughts,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
+        }
         if thoughts:
             usage["thoughtsTokenCount"] = thoughts
         if self.cached_tokens:
             usage["cachedContentTokenCount"] = min(self.cached_tokens, prompt)
         return usage
 
-    def _response(self, body: dict[str, Any], model: str,
-                  turns: list[dict[str, Any]]) -> dict[str, Any]:
+    def _response(
+        self, body: dict[str, Any], model: str, turns: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         blocked = self.block_prompt is not None
-        out: dict[str, Any] = {"usageMetadata": self._usage(body, [] if blocked else turns),
-                               "modelVersion": model, "responseId": uuid.uuid4().hex[:22]}
+        out: dict[str, Any] = {
+            "usageMetadata": self._usage(body, [] if blocked else turns),
+            "modelVersion": model,
+            "responseId": uuid.uuid4().hex[:22],
+        }
         if blocked:
             out["promptFeedback"] = {"blockReason": self.block_prompt}
             return out
@@ -210,18 +322,26 @@ class FakeGemini(FakeServer):
 
     # -- streaming ---------------------------------------------------------------------
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], model: str,
-                      turns: list[dict[str, Any]]) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], model: str, turns: list[dict[str, Any]]
+    ) -> web.StreamResponse:
         whole = self._response(body, model, turns)
         head = {k: whole[k] for k in ("modelVersion", "responseId")}
-        prompt_usage = {k: v for k, v in whole["usageMetadata"].items()
-                        if k in ("promptTokenCount", "promptTokensDetails")}
+        prompt_usage = {
+            k: v
+            for k, v in whole["usageMetadata"].items()
+            if k in ("promptTokenCount", "promptTokensDetails")
+        }
         events: list[tuple[dict[str, Any], bool]] = []
         if self.block_prompt is not None:
             events.append((whole, True))
         for turn in [] if self.block_prompt is not None else turns:
-            pieces = [{"text": p} for part in turn["parts"] if "text" in part
-                      and not part.get("thought") for p in _pieces(part["text"])]
+            pieces = [
+                {"text": p}
+                for part in turn["parts"]
+                if "text" in part and not part.get("thought")
+                for p in _pieces(part["text"])
+            ]
             others = [p for p in turn["parts"] if "text" not in p or p.get("thought")]
             steps = [[p] for p in others] + [[p] for p in pieces] or [[]]
             for k, parts in enumerate(steps):
@@ -229,14 +349,17 @@ class FakeGemini(FakeServer):
                 candidate = _candidate(parts, turn["index"], turn["finish"] if final else None)
                 if not turn["index"]:
                     candidate.pop("index")  # proto3 JSON leaves out a zero index
-                usage = whole["usageMetadata"] if final else {
-                    **prompt_usage, "totalTokenCount": prompt_usage["promptTokenCount"]}
-                events.append(({"candidates": [candidate], "usageMetadata": usage, **head},
-                               final))
+                usage = (
+                    whole["usageMetadata"]
+                    if final
+                    else {**prompt_usage, "totalTokenCount": prompt_usage["promptTokenCount"]}
+                )
+                events.append(({"candidates": [candidate], "usageMetadata": usage, **head}, final))
         if request.query.get("alt") != "sse":  # without alt=sse: one JSON array
             return web.json_response([payload for payload, _ in events])
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await response.prepare(request)
         try:
             for sent, (payload, terminal) in enumerate(events):
@@ -273,7 +396,7 @@ def _signs(model: str) -> bool:
 def _pieces(text: str) -> list[str]:
     pieces = re.findall(r"\s*\S+", text)
     if pieces:
-        pieces[-1] += text[len("".join(pieces)):]
+        pieces[-1] += text[len("".join(pieces)) :]
     return pieces or ([text] if text else [])
 
 
@@ -313,8 +436,10 @@ def _fields(value: Any, kind: str, where: str) -> dict[str, Any]:
     for key, item in value.items():
         name = _camel(key)
         if name not in _FIELDS[kind]:
-            raise _invalid(f"Invalid JSON payload received. Unknown name \"{key}\" at "
-                           f"'{where}': Cannot find field.")
+            raise _invalid(
+                f'Invalid JSON payload received. Unknown name "{key}" at '
+                f"'{where}': Cannot find field."
+            )
         out[name] = item
     return out
 
@@ -342,8 +467,7 @@ def _content(value: Any, where: str) -> dict[str, Any]:
         raise _invalid("Please use a valid role: user, model.")
     parts = content.get("parts")
     if not isinstance(parts, list) or not parts:
-        raise _invalid(f"* GenerateContentRequest.{where}.parts: contents.parts must not be "
-                       "empty.")
+        raise _invalid(f"* GenerateContentRequest.{where}.parts: contents.parts must not be empty.")
     content["parts"] = [_part(p, f"{where}.parts[{j}]") for j, p in enumerate(parts)]
     content.setdefault("role", "user")
     return content
@@ -353,65 +477,101 @@ def _part(value: Any, where: str) -> dict[str, Any]:
     part = _fields(value, "part", where)
     data = [name for name in _DATA_FIELDS if name in part and part[name] not in ("", None)]
     if not data:
-        raise _invalid(f"* GenerateContentRequest.{where}.data: required oneof field 'data' "
-                       "must have one initialized field")
+        raise _invalid(
+            f"* GenerateContentRequest.{where}.data: required oneof field 'data' "
+            "must have one initialized field"
+        )
     if len(data) > 1:
-        raise _invalid(f"Invalid value at '{where}' (oneof), oneof field 'data' is already "
-                       f"set. Cannot set '{data[1]}'")
+        raise _invalid(
+            f"Invalid value at '{where}' (oneof), oneof field 'data' is already "
+            f"set. Cannot set '{data[1]}'"
+        )
     if "inlineData" in part:
         inline = part["inlineData"]
         if not isinstance(inline, dict) or not inline.get("mimeType"):
-            raise _invalid(f"* GenerateContentRequest.{where}.inline_data.mime_type: "
-                           "required field is not specified")
+            raise _invalid(
+                f"* GenerateContentRequest.{where}.inline_data.mime_type: "
+                "required field is not specified"
+            )
         try:
             base64.b64decode(inline.get("data") or "", validate=True)
         except (binascii.Error, ValueError):
-            raise _invalid(f"Invalid value at '{where}.inline_data.data' (TYPE_BYTES), "
-                           "Base64 decoding failed") from None
+            raise _invalid(
+                f"Invalid value at '{where}.inline_data.data' (TYPE_BYTES), Base64 decoding failed"
+            ) from None
     call = part.get("functionCall")
-    if call is not None and (not isinstance(call, dict) or not isinstance(call.get("name"), str)
-                             or not isinstance(call.get("args", {}), dict)):
-        raise _invalid(f"* GenerateContentRequest.{where}.function_call: name and args (an "
-                       "object) are required")
+    if call is not None and (
+        not isinstance(call, dict)
+        or not isinstance(call.get("name"), str)
+        or not isinstance(call.get("args", {}), dict)
+    ):
+        raise _invalid(
+            f"* GenerateContentRequest.{where}.function_call: name and args (an "
+            "object) are required"
+        )
     response = part.get("functionResponse")
-    if response is not None and (not isinstance(response, dict)
-                                 or not isinstance(response.get("name"), str)
-                                 or not isinstance(response.get("response"), dict)):
-        raise _invalid(f"* GenerateContentRequest.{where}.function_response: name and response "
-                       "(an object) are required")
+    if response is not None and (
+        not isinstance(response, dict)
+        or not isinstance(response.get("name"), str)
+        or not isinstance(response.get("response"), dict)
+    ):
+        raise _invalid(
+            f"* GenerateContentRequest.{where}.function_response: name and response "
+            "(an object) are required"
+        )
     return part
 
 
 def _validate_turns(contents: list[dict[str, Any]], model: str, signatures: set[str]) -> None:
     """Function calls and responses must pair up turn by turn; Gemini 3 calls must be signed."""
-    current = max((i for i, c in enumerate(contents) if c["role"] == "user"
-                   and any("text" in p for p in c["parts"])), default=0)
+    current = max(
+        (
+            i
+            for i, c in enumerate(contents)
+            if c["role"] == "user" and any("text" in p for p in c["parts"])
+        ),
+        default=0,
+    )
     for i, content in enumerate(contents):
         calls = [p for p in content["parts"] if "functionCall" in p]
         responses = [p for p in content["parts"] if "functionResponse" in p]
         if (calls and content["role"] != "model") or (responses and content["role"] != "user"):
-            raise _invalid("Please ensure that function calls come from the model and function "
-                           "responses from the user.")
+            raise _invalid(
+                "Please ensure that function calls come from the model and function "
+                "responses from the user."
+            )
         if calls and (i == 0 or contents[i - 1]["role"] != "user"):
-            raise _invalid("Please ensure that function call turn comes immediately after a user "
-                           "turn or after a function response turn.")
+            raise _invalid(
+                "Please ensure that function call turn comes immediately after a user "
+                "turn or after a function response turn."
+            )
         if responses:
             previous = [p for p in contents[i - 1]["parts"] if "functionCall" in p] if i else []
             if not previous:
-                raise _invalid("Please ensure that function response turn comes immediately "
-                               "after a function call turn.")
+                raise _invalid(
+                    "Please ensure that function response turn comes immediately "
+                    "after a function call turn."
+                )
             if len(previous) != len(responses):
-                raise _invalid("Please ensure that the number of function response parts is "
-                               "equal to the number of function call parts of the function "
-                               "call turn.")
+                raise _invalid(
+                    "Please ensure that the number of function response parts is "
+                    "equal to the number of function call parts of the function "
+                    "call turn."
+                )
             if sorted(p["functionCall"]["name"] for p in previous) != sorted(
-                    p["functionResponse"]["name"] for p in responses):
-                raise _invalid("Please ensure that function response names match the function "
-                               "call names of the function call turn.")
+                p["functionResponse"]["name"] for p in responses
+            ):
+                raise _invalid(
+                    "Please ensure that function response names match the function "
+                    "call names of the function call turn."
+                )
         for part in content["parts"]:
             signature = part.get("thoughtSignature")
-            if signature is not None and signature != SKIP_SIGNATURE \
-                    and signature not in signatures:
+            if (
+                signature is not None
+                and signature != SKIP_SIGNATURE
+                and signature not in signatures
+            ):
                 raise _invalid("Corrupted thought signature.")
         if calls and i > current and _signs(model) and "thoughtSignature" not in calls[0]:
             raise _invalid(
@@ -420,34 +580,40 @@ def _validate_turns(contents: list[dict[str, Any]], model: str, signatures: set[
                 "to degraded model performance. Additional data, function call "
                 f"`default_api:{calls[0]['functionCall']['name']}` , position {i + 1}. Please "
                 "refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more "
-                "details.")
+                "details."
+            )
 
 
 def _generation_config(value: Any) -> dict[str, Any]:
     config = _fields(value, "generationConfig", "generation_config")
     stops = config.get("stopSequences") or []
     if not isinstance(stops, list) or len(stops) > 5:
-        raise _invalid("* GenerateContentRequest.generation_config.stop_sequences: at most 5 "
-                       "stop sequences are allowed")
+        raise _invalid(
+            "* GenerateContentRequest.generation_config.stop_sequences: at most 5 "
+            "stop sequences are allowed"
+        )
     if "responseSchema" in config and "responseJsonSchema" in config:
         raise _invalid("response_schema and response_json_schema cannot both be set.")
-    if ("responseSchema" in config or "responseJsonSchema" in config) \
-            and config.get("responseMimeType") != "application/json":
-        raise _invalid("response_mime_type must be application/json when a response schema "
-                       "is set.")
+    if ("responseSchema" in config or "responseJsonSchema" in config) and config.get(
+        "responseMimeType"
+    ) != "application/json":
+        raise _invalid("response_mime_type must be application/json when a response schema is set.")
     if "responseSchema" in config:
         _schema(config["responseSchema"], "generation_config.response_schema")
     temperature = config.get("temperature")
     if temperature is not None and not 0 <= temperature <= 2:
-        raise _invalid("* GenerateContentRequest.generation_config.temperature: must be in "
-                       "[0.0, 2.0]")
+        raise _invalid(
+            "* GenerateContentRequest.generation_config.temperature: must be in [0.0, 2.0]"
+        )
     count = config.get("candidateCount")
     if count is not None and (not isinstance(count, int) or not 1 <= count <= 8):
-        raise _invalid("* GenerateContentRequest.generation_config.candidate_count: must be "
-                       "between 1 and 8")
+        raise _invalid(
+            "* GenerateContentRequest.generation_config.candidate_count: must be between 1 and 8"
+        )
     if "thinkingConfig" in config:
-        thinking = _fields(config["thinkingConfig"], "thinkingConfig",
-                           "generation_config.thinking_config")
+        thinking = _fields(
+            config["thinkingConfig"], "thinkingConfig", "generation_config.thinking_config"
+        )
         if "thinkingBudget" in thinking and "thinkingLevel" in thinking:
             raise _invalid("You can only set either thinking budget or thinking level.")
         config["thinkingConfig"] = thinking
@@ -472,13 +638,17 @@ def _tool(value: Any, where: str) -> dict[str, Any]:
         at = f"{where}.function_declarations[{k}]"
         declaration = _fields(raw, "functionDeclaration", at)
         if not _FUNCTION_NAME.match(str(declaration.get("name", ""))):
-            raise _invalid(f"* GenerateContentRequest.{at}.name: Invalid function name. Must "
-                           "start with a letter or an underscore. Must be alphameric (a-z, A-Z, "
-                           "0-9), underscores (_), dots (.), colons (:), or dashes (-), with a "
-                           "maximum length of 64.")
+            raise _invalid(
+                f"* GenerateContentRequest.{at}.name: Invalid function name. Must "
+                "start with a letter or an underscore. Must be alphameric (a-z, A-Z, "
+                "0-9), underscores (_), dots (.), colons (:), or dashes (-), with a "
+                "maximum length of 64."
+            )
         if "parameters" in declaration and "parametersJsonSchema" in declaration:
-            raise _invalid(f"* GenerateContentRequest.{at}: parameters and "
-                           "parameters_json_schema are mutually exclusive")
+            raise _invalid(
+                f"* GenerateContentRequest.{at}: parameters and "
+                "parameters_json_schema are mutually exclusive"
+            )
         if "parameters" in declaration:
             _schema(declaration["parameters"], f"{at}.parameters")
         declarations.append(declaration)
@@ -491,17 +661,22 @@ def _tool_config(body: dict[str, Any]) -> None:
     config = body.get("toolConfig")
     if config is None:
         return
-    if not isinstance(config, dict) or set(config) - {"functionCallingConfig",
-                                                      "function_calling_config"}:
+    if not isinstance(config, dict) or set(config) - {
+        "functionCallingConfig",
+        "function_calling_config",
+    }:
         raise _invalid("Invalid JSON payload received. Unknown name at 'tool_config'.")
     calling = config.get("functionCallingConfig") or config.get("function_calling_config") or {}
     calling = {_camel(k): v for k, v in calling.items()}
     if set(calling) - {"mode", "allowedFunctionNames"}:
-        raise _invalid("Invalid JSON payload received. Unknown name at "
-                       "'tool_config.function_calling_config'.")
+        raise _invalid(
+            "Invalid JSON payload received. Unknown name at 'tool_config.function_calling_config'."
+        )
     if calling.get("mode", "AUTO") not in ("AUTO", "ANY", "NONE", "VALIDATED"):
-        raise _invalid(f"Invalid value at 'tool_config.function_calling_config.mode', "
-                       f"\"{calling.get('mode')}\"")
+        raise _invalid(
+            f"Invalid value at 'tool_config.function_calling_config.mode', "
+            f'"{calling.get("mode")}"'
+        )
     names = {d["name"] for t in body["tools"] for d in t.get("functionDeclarations") or []}
     allowed = calling.get("allowedFunctionNames")
     if allowed is not None:

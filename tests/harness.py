@@ -103,13 +103,20 @@ class Http:
         self.root = root
 
     def request(
-        self, method: str, path: str, body: bytes | dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None, timeout: float = 10,
+        self,
+        method: str,
+        path: str,
+        body: bytes | dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10,
     ) -> Reply:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
-        request = urllib.request.Request(self.root + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json",
-                                                  **(headers or {})})
+        request = urllib.request.Request(
+            self.root + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return Reply(response.status, _lower(response.headers), response.read())

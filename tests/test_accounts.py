@@ -36,8 +36,9 @@ def client(proxy: Proxy, secret: str) -> openai.OpenAI:
 
 
 def ask(c: openai.OpenAI, text: str, **params: Any) -> Any:
-    return c.chat.completions.create(model=params.pop("model", MODEL),
-                                     messages=[{"role": "user", "content": text}], **params)
+    return c.chat.completions.create(
+        model=params.pop("model", MODEL), messages=[{"role": "user", "content": text}], **params
+    )
 
 
 def test_key_lifecycle(keyed: Proxy, upstream: Upstream) -> None:
@@ -54,8 +55,11 @@ def test_key_lifecycle(keyed: Proxy, upstream: Upstream) -> None:
 @pytest.mark.parametrize("secret", ["", "sk-kallm-unknown", "Bearer-less"])
 def test_missing_or_wrong_key_is_401_and_reveals_nothing(keyed: Proxy, secret: str) -> None:
     headers = {"Authorization": f"Bearer {secret}"} if secret != "Bearer-less" else {}
-    reply = Http(keyed.root).post("/v1/chat/completions", {
-        "model": MODEL, "messages": [{"role": "user", "content": "x"}]}, headers=headers)
+    reply = Http(keyed.root).post(
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+        headers=headers,
+    )
     assert reply.status == 401
     assert reply.json()["error"]["message"].startswith("Invalid API key")
 
@@ -78,7 +82,8 @@ def test_rpm_limit_with_headers(keyed: Proxy) -> None:
     secret = new_key(keyed, rpm=3)
     c = client(keyed, secret)
     first = c.chat.completions.with_raw_response.create(
-        model=MODEL, messages=[{"role": "user", "content": "one"}])
+        model=MODEL, messages=[{"role": "user", "content": "one"}]
+    )
     assert first.headers["x-ratelimit-limit-requests"] == "3"
     assert first.headers["x-ratelimit-remaining-requests"] == "2"
     ask(c, "two")
@@ -97,8 +102,11 @@ async def test_budget_holds_under_50_concurrent_requests(keyed: Proxy, upstream:
 
     async def one(i: int) -> str:
         try:
-            await c.chat.completions.create(model=MODEL, max_tokens=20, messages=[
-                {"role": "user", "content": f"question number {i} about budgets"}])
+            await c.chat.completions.create(
+                model=MODEL,
+                max_tokens=20,
+                messages=[{"role": "user", "content": f"question number {i} about budgets"}],
+            )
             return "ok"
         except openai.RateLimitError as exc:
             assert exc.code == "insufficient_quota"
@@ -110,9 +118,13 @@ async def test_budget_holds_under_50_concurrent_requests(keyed: Proxy, upstream:
         if await one(i) == "refused":
             break
     spend = keyed.runtime.accounts.ledger.spend(keyed.runtime.accounts.store.get("team").id)
-    one_request = keyed.runtime.accounts.estimate(MODEL, {
-        "max_tokens": 20, "messages": [{"role": "user", "content": "question number 79 about "
-                                        "budgets"}]})
+    one_request = keyed.runtime.accounts.estimate(
+        MODEL,
+        {
+            "max_tokens": 20,
+            "messages": [{"role": "user", "content": "question number 79 about budgets"}],
+        },
+    )
     assert budget * 0.5 < spend <= budget + one_request
     assert await one(99) == "refused"
 
@@ -152,15 +164,15 @@ def test_request_log_rows(keyed: Proxy) -> None:
     ask(c, "log me")
     keyed.runtime.accounts.writer.flush()
     conn = connect(keyed.settings.db_path)
-    rows = conn.execute("SELECT * FROM requests WHERE path = '/v1/chat/completions' "
-                        "ORDER BY time").fetchall()
+    rows = conn.execute(
+        "SELECT * FROM requests WHERE path = '/v1/chat/completions' ORDER BY time"
+    ).fetchall()
     assert [r["cache"] for r in rows] == ["MISS", "HIT"]
     miss = rows[0]
     assert miss["key_id"].startswith("key_") and miss["model"] == MODEL
     assert miss["provider"] == "openai" and miss["status"] == 200
     assert miss["prompt_tokens"] > 0 and miss["cost_usd"] > 0 and miss["latency_ms"] > 0
-    assert rows[1]["similarity"] == 1.0 and rows[1]["saved_usd"] == pytest.approx(
-        miss["cost_usd"])
+    assert rows[1]["similarity"] == 1.0 and rows[1]["saved_usd"] == pytest.approx(miss["cost_usd"])
     assert miss["request_body"] is None  # bodies only with log.bodies
 
 
@@ -171,8 +183,10 @@ def test_locked_database_never_fails_requests(make_proxy: Any, tmp_path: Path) -
     blocker.execute("BEGIN EXCLUSIVE")
     try:
         for i in range(3):
-            reply = http.post("/v1/chat/completions", {
-                "model": MODEL, "messages": [{"role": "user", "content": f"locked {i}"}]})
+            reply = http.post(
+                "/v1/chat/completions",
+                {"model": MODEL, "messages": [{"role": "user", "content": f"locked {i}"}]},
+            )
             assert reply.status == 200
         deadline = time.monotonic() + 15
         while http.get("/stats").json()["log_rows_dropped"] == 0:
@@ -181,8 +195,10 @@ def test_locked_database_never_fails_requests(make_proxy: Any, tmp_path: Path) -
     finally:
         blocker.rollback()
         blocker.close()
-    reply = http.post("/v1/chat/completions", {
-        "model": MODEL, "messages": [{"role": "user", "content": "after the lock"}]})
+    reply = http.post(
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": "after the lock"}]},
+    )
     assert reply.status == 200
     assert proxy.runtime.accounts.writer.flush()
 
@@ -211,8 +227,10 @@ def test_unusable_database_still_serves(make_proxy: Any, tmp_path: Path) -> None
     not_a_file = tmp_path / "kallm.db"
     not_a_file.mkdir()  # SQLite cannot open a directory, whoever we run as
     proxy = make_proxy(db_path=not_a_file)
-    reply = Http(proxy.root).post("/v1/chat/completions", {
-        "model": MODEL, "messages": [{"role": "user", "content": "no database"}]})
+    reply = Http(proxy.root).post(
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": "no database"}]},
+    )
     assert reply.status == 200
 
 

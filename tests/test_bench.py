@@ -26,8 +26,9 @@ CELLS = ("direct", "kallm miss", "kallm exact hit", "kallm paraphrase hit")
 
 def test_bench_run_quick_reports_every_cell(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "run", "--quick", "--concurrency", "1,4",
-                                      "--json", str(out)])
+    result = CliRunner().invoke(
+        app, ["bench", "run", "--quick", "--concurrency", "1,4", "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     cells = {(c["name"], c["concurrency"]): c for c in report["cells"]}
@@ -58,8 +59,9 @@ def test_bench_with_options_only_means_run() -> None:
 
 
 def test_bench_run_rejects_a_bad_latency(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["bench", "run", "--upstream-latency", "soon",
-                                      "--json", str(tmp_path / "x.json")])
+    result = CliRunner().invoke(
+        app, ["bench", "run", "--upstream-latency", "soon", "--json", str(tmp_path / "x.json")]
+    )
     assert result.exit_code == 2
     assert "--upstream-latency" in result.output
     assert not (tmp_path / "x.json").exists()
@@ -67,8 +69,9 @@ def test_bench_run_rejects_a_bad_latency(tmp_path: Path) -> None:
 
 def test_bench_quality_recommends_a_threshold(tmp_path: Path) -> None:
     out = tmp_path / "quality.json"
-    result = CliRunner().invoke(app, ["bench", "quality", "--pairs",
-                                      str(DATA / "guard_pairs.jsonl"), "--json", str(out)])
+    result = CliRunner().invoke(
+        app, ["bench", "quality", "--pairs", str(DATA / "guard_pairs.jsonl"), "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "recommended: cache.similarity_threshold" in result.output
     report = json.loads(out.read_text())
@@ -81,8 +84,9 @@ def test_bench_quality_recommends_a_threshold(tmp_path: Path) -> None:
     assert recalls == sorted(recalls, reverse=True)  # a higher bar never finds more
     best = report["recommended"]
     assert best["precision"] >= report["target_precision"]
-    assert best["threshold"] == min(r["threshold"] for r in scored
-                                    if r["precision"] >= report["target_precision"])
+    assert best["threshold"] == min(
+        r["threshold"] for r in scored if r["precision"] >= report["target_precision"]
+    )
     assert report["guard"] is True and report["pairs"] == 329
 
 
@@ -90,9 +94,20 @@ def test_quality_without_the_guard_lets_more_wrong_hits_through(tmp_path: Path) 
     """guard_pairs is made of near-misses the guard exists for: without it, some get through."""
     paths = {flag: tmp_path / f"{flag}.json" for flag in ("--guard", "--no-guard")}
     for flag, path in paths.items():
-        result = CliRunner().invoke(app, ["bench", "quality", "--pairs",
-                                          str(DATA / "guard_pairs.jsonl"), flag,
-                                          "--thresholds", "0.85,0.95", "--json", str(path)])
+        result = CliRunner().invoke(
+            app,
+            [
+                "bench",
+                "quality",
+                "--pairs",
+                str(DATA / "guard_pairs.jsonl"),
+                flag,
+                "--thresholds",
+                "0.85,0.95",
+                "--json",
+                str(path),
+            ],
+        )
         assert result.exit_code == 0, result.output
     on, off = (json.loads(p.read_text())["thresholds"] for p in paths.values())
     assert sum(r["fp"] for r in off) > sum(r["fp"] for r in on)
@@ -103,10 +118,13 @@ def test_pairs_in_either_format(tmp_path: Path) -> None:
     path.write_text(
         '{"text_a": "How do I reset my PIN?", "text_b": "How can I reset my PIN?", "label": 1}\n'
         "\n"
-        '{"a": "Lock the door", "b": "Unlock the door", "label": "must_not_hit"}\n')
+        '{"a": "Lock the door", "b": "Unlock the door", "label": "must_not_hit"}\n'
+    )
     pairs = read_pairs(path)
-    assert [(p.a, p.duplicate) for p in pairs] == [("How do I reset my PIN?", True),
-                                                    ("Lock the door", False)]
+    assert [(p.a, p.duplicate) for p in pairs] == [
+        ("How do I reset my PIN?", True),
+        ("Lock the door", False),
+    ]
     path.write_text('{"a": "x", "b": "y", "label": "maybe"}\n')
     with pytest.raises(PairsError, match=r"pairs\.jsonl:1"):
         read_pairs(path)
@@ -117,8 +135,12 @@ def test_thresholds_and_recommendation() -> None:
     assert parse_thresholds("0.95,0.9") == [0.9, 0.95]
     with pytest.raises(ValueError):
         parse_thresholds("0.9:0.8:0.01")
-    rows = [{"threshold": 0.8, "precision": 0.9}, {"threshold": 0.85, "precision": 0.98},
-            {"threshold": 0.9, "precision": 0.96}, {"threshold": 0.95, "precision": None}]
+    rows = [
+        {"threshold": 0.8, "precision": 0.9},
+        {"threshold": 0.85, "precision": 0.98},
+        {"threshold": 0.9, "precision": 0.96},
+        {"threshold": 0.95, "precision": None},
+    ]
     best = recommend(rows, 0.97)
     assert best is not None and best["threshold"] == 0.85
     assert recommend(rows, 0.99) is None
@@ -133,15 +155,18 @@ def simulated(loop_thread: LoopThread) -> Iterator[str]:
 
 def test_simulated_upstream_answers_the_openai_sdk(simulated: str) -> None:
     client = openai.OpenAI(base_url=simulated, api_key="sk-anything", max_retries=0)
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "What is DNS?"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is DNS?"},
+    ]
     reply = client.chat.completions.create(model="gpt-4o-mini", messages=messages)
     assert reply.choices[0].message.content == "Answer to: What is DNS?"
     assert reply.choices[0].finish_reason == "stop"
     assert reply.usage is not None and reply.usage.total_tokens > 0
 
-    stream = client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=messages, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Answer to: What is DNS?"

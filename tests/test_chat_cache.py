@@ -39,8 +39,9 @@ def test_miss_then_exact_hit(client: openai.OpenAI, upstream: Upstream) -> None:
 
 def test_paraphrase_hits_and_unrelated_misses(client: openai.OpenAI, upstream: Upstream) -> None:
     ask(client, "How do I reset my password?")
-    paraphrase = ask(client, "how can I reset my password",
-                     extra_headers={"X-Kallm-Threshold": "0.8"})
+    paraphrase = ask(
+        client, "how can I reset my password", extra_headers={"X-Kallm-Threshold": "0.8"}
+    )
     unrelated = ask(client, "Write a haiku about autumn leaves")
     assert cache_header(paraphrase) == "HIT"
     assert 0.8 <= float(paraphrase.headers["x-kallm-similarity"]) < 1.0
@@ -54,11 +55,19 @@ def test_paraphrase_hits_and_unrelated_misses(client: openai.OpenAI, upstream: U
         {"model": "gpt-4o"},
         {"temperature": 0.2},
         {"max_tokens": 5},
-        {"messages": [{"role": "system", "content": "You are a pirate."},
-                      {"role": "user", "content": "What is the capital of France?"}]},
-        {"messages": [{"role": "user", "content": "Tell me about Spain."},
-                      {"role": "assistant", "content": "Spain is in Europe."},
-                      {"role": "user", "content": "What is the capital of France?"}]},
+        {
+            "messages": [
+                {"role": "system", "content": "You are a pirate."},
+                {"role": "user", "content": "What is the capital of France?"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Tell me about Spain."},
+                {"role": "assistant", "content": "Spain is in Europe."},
+                {"role": "user", "content": "What is the capital of France?"},
+            ]
+        },
         {"extra_headers": {"X-Kallm-Namespace": "tenant-b"}},
     ],
     ids=["model", "temperature", "max_tokens", "system_prompt", "history", "namespace"],
@@ -90,8 +99,10 @@ def test_no_store_is_not_remembered(client: openai.OpenAI, upstream: Upstream) -
 def test_stream_miss_then_stream_and_json_hits(client: openai.OpenAI, upstream: Upstream) -> None:
     def stream_text(**extra: Any) -> tuple[str, str, list[Any]]:
         raw = client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=[{"role": "user", "content": "Explain rainbows in one line"}],
-            stream=True, **extra,
+            model=MODEL,
+            messages=[{"role": "user", "content": "Explain rainbows in one line"}],
+            stream=True,
+            **extra,
         )
         chunks = list(raw.parse())
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -121,12 +132,20 @@ def test_json_entry_serves_a_stream(client: openai.OpenAI, upstream: Upstream) -
 
 
 def test_tool_calls_survive_the_cache(client: openai.OpenAI, upstream: Upstream) -> None:
-    tools = [{"type": "function", "function": {
-        "name": "get_weather", "parameters": {"type": "object", "properties": {
-            "location": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+            },
+        }
+    ]
     streamed = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "What is the weather in Paris?"}],
-        tools=tools, stream=True,
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=tools,
+        stream=True,
     )
     list(streamed)
     hit = ask(client, "What is the weather in Paris?", tools=tools)
@@ -140,7 +159,8 @@ def test_tool_calls_survive_the_cache(client: openai.OpenAI, upstream: Upstream)
 async def test_async_client_hits(aclient: openai.AsyncOpenAI, upstream: Upstream) -> None:
     for _ in range(2):
         raw = await aclient.chat.completions.with_raw_response.create(
-            model=MODEL, messages=[{"role": "user", "content": "async hello"}])
+            model=MODEL, messages=[{"role": "user", "content": "async hello"}]
+        )
     assert raw.headers["x-kallm-cache"] == "HIT"
     assert upstream.fake.chat_calls == 1
 

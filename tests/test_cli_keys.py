@@ -56,8 +56,11 @@ def server(make_proxy: Callable[..., Proxy], db: Path) -> Proxy:
 
 
 def chat_status(proxy: Proxy, secret: str, model: str = "gpt-4o-mini") -> int:
-    reply = Http(proxy.root).post("/v1/chat/completions", {**CHAT, "model": model},
-                                  headers={"Authorization": f"Bearer {secret}"})
+    reply = Http(proxy.root).post(
+        "/v1/chat/completions",
+        {**CHAT, "model": model},
+        headers={"Authorization": f"Bearer {secret}"},
+    )
     return reply.status
 
 
@@ -84,10 +87,30 @@ def show(kallm: Callable[..., Result], ref: str, *extra: str) -> dict[str, Any]:
 
 
 def test_local_keys_on_the_servers_database(kallm: Callable[..., Result], server: Proxy) -> None:
-    secret = created(kallm("keys", "create", "--name", "team-a", "--budget-usd", "10",
-                           "--budget-period", "30d", "--rpm", "60", "--tpm", "100000",
-                           "--models", "gpt-4o*,claude-*", "--expires", "30d",
-                           "--metadata", "owner=bob", "--namespace", "ns-a"))
+    secret = created(
+        kallm(
+            "keys",
+            "create",
+            "--name",
+            "team-a",
+            "--budget-usd",
+            "10",
+            "--budget-period",
+            "30d",
+            "--rpm",
+            "60",
+            "--tpm",
+            "100000",
+            "--models",
+            "gpt-4o*,claude-*",
+            "--expires",
+            "30d",
+            "--metadata",
+            "owner=bob",
+            "--namespace",
+            "ns-a",
+        )
+    )
     eventually(lambda: chat_status(server, secret) == 200)
 
     listed = kallm("keys", "list")
@@ -102,8 +125,20 @@ def test_local_keys_on_the_servers_database(kallm: Callable[..., Result], server
     assert show(kallm, record["id"])["name"] == "team-a"
     assert secret not in json.dumps(record)
 
-    updated = kallm("keys", "update", "team-a", "--rpm", "120", "--budget-usd", "none",
-                    "--metadata", "tier=gold", "--metadata", "owner=", "--json")
+    updated = kallm(
+        "keys",
+        "update",
+        "team-a",
+        "--rpm",
+        "120",
+        "--budget-usd",
+        "none",
+        "--metadata",
+        "tier=gold",
+        "--metadata",
+        "owner=",
+        "--json",
+    )
     assert updated.exit_code == 0, updated.output
     after = json.loads(updated.stdout)
     assert (after["rpm"], after["budget_usd"], after["metadata"]) == (120, None, {"tier": "gold"})
@@ -120,11 +155,22 @@ def test_local_keys_on_the_servers_database(kallm: Callable[..., Result], server
     assert show(kallm, "team-a")["status"] == "revoked"
 
 
-def test_remote_keys_through_the_admin_api(kallm: Callable[..., Result], server: Proxy,
-                                           tmp_path: Path) -> None:
+def test_remote_keys_through_the_admin_api(
+    kallm: Callable[..., Result], server: Proxy, tmp_path: Path
+) -> None:
     remote = ("--url", server.root, "--admin-key", "adm")
-    result = kallm("keys", "create", "--name", "svc", "--models", "gpt-4o*", "-o", "json",
-                   *remote, KALLM_DB=str(tmp_path / "unused.db"))  # --url wins over KALLM_DB
+    result = kallm(
+        "keys",
+        "create",
+        "--name",
+        "svc",
+        "--models",
+        "gpt-4o*",
+        "-o",
+        "json",
+        *remote,
+        KALLM_DB=str(tmp_path / "unused.db"),
+    )  # --url wins over KALLM_DB
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout)
     secret, record = answer["key"], answer["record"]
@@ -155,26 +201,46 @@ def test_remote_keys_through_the_admin_api(kallm: Callable[..., Result], server:
 
 
 def test_k8s_secret_loads_into_a_server_with_keys_dir(
-        kallm: Callable[..., Result], make_proxy: Callable[..., Proxy], tmp_path: Path) -> None:
+    kallm: Callable[..., Result], make_proxy: Callable[..., Proxy], tmp_path: Path
+) -> None:
     keys_dir = tmp_path / "secrets"
     keys_dir.mkdir()
     proxy = make_proxy(auth="virtual-keys", db_path=tmp_path / "server.db", keys_dir=keys_dir)
-    result = kallm("keys", "create", "--name", "Team B (prod)", "--rpm", "100", "-o",
-                   "k8s-secret", "--k8s-namespace", "llm", "--label", "team=b",
-                   "--label", "example.com/tier=gold")
+    result = kallm(
+        "keys",
+        "create",
+        "--name",
+        "Team B (prod)",
+        "--rpm",
+        "100",
+        "-o",
+        "k8s-secret",
+        "--k8s-namespace",
+        "llm",
+        "--label",
+        "team=b",
+        "--label",
+        "example.com/tier=gold",
+    )
     assert result.exit_code == 0, result.output
     secret = result.stderr.strip().splitlines()[-1]
     assert ONCE in result.stderr and secret.startswith("sk-kallm-")
     assert secret not in result.stdout
     manifest = yaml.safe_load(result.stdout)
-    assert (manifest["apiVersion"], manifest["kind"], manifest["type"]) == ("v1", "Secret",
-                                                                            "Opaque")
+    assert (manifest["apiVersion"], manifest["kind"], manifest["type"]) == (
+        "v1",
+        "Secret",
+        "Opaque",
+    )
     meta = manifest["metadata"]
     assert re.fullmatch(r"kallm-key-team-b-prod-[0-9a-f]{8}", meta["name"])
     assert meta["namespace"] == "llm"
-    assert meta["labels"] == {"app.kubernetes.io/name": "kallm", "team": "b",
-                              "app.kubernetes.io/component": "virtual-key",
-                              "example.com/tier": "gold"}
+    assert meta["labels"] == {
+        "app.kubernetes.io/name": "kallm",
+        "team": "b",
+        "app.kubernetes.io/component": "virtual-key",
+        "example.com/tier": "gold",
+    }
     [(file_name, content)] = manifest["stringData"].items()
     record = json.loads(content)
     assert file_name == f"{record['id']}.json" and record["rpm"] == 100
@@ -191,35 +257,60 @@ def test_k8s_secret_loads_into_a_server_with_keys_dir(
     assert chat_status(proxy, new) == 200
 
 
-@pytest.mark.parametrize("text", ['plain', 'quo"te \\ back', "tab\tnew\nline", "nel\x85 ls\u2028",
-                                  "del\x7f bom\ufeff", "☃ Ünï 😀", "key: [x] # y", ""])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain",
+        'quo"te \\ back',
+        "tab\tnew\nline",
+        "nel\x85 ls\u2028",
+        "del\x7f bom\ufeff",
+        "☃ Ünï 😀",
+        "key: [x] # y",
+        "",
+    ],
+)
 def test_yaml_str_round_trips(text: str) -> None:
     assert yaml.safe_load(f"v: {yaml_str(text)}") == {"v": text}
     assert yaml_str(text).isascii()
 
 
-@pytest.mark.parametrize("args", [
-    ["create"],
-    ["create", "--name", " "],
-    ["create", "--name", "x", "--budget-usd", "ten"],
-    ["create", "--name", "x", "--budget-usd", "-1"],
-    ["create", "--name", "x", "--budget-period", "monthly"],
-    ["create", "--name", "x", "--rpm", "1.5"],
-    ["create", "--name", "x", "--tpm", "-3"],
-    ["create", "--name", "x", "--models", " , "],
-    ["create", "--name", "x", "--expires", "0s"],
-    ["create", "--name", "x", "--expires", "soon"],
-    ["create", "--name", "x", "--metadata", "novalue"],
-    ["create", "--name", "x", "--output", "yaml"],
-    ["create", "--name", "x", "-o", "k8s-secret", "--label", "bad label=x"],
-    ["create", "--name", "x", "-o", "k8s-secret", "--k8s-namespace", "Not_A_Namespace"],
-    ["create", "--name", "x", "--url", "http://127.0.0.1:9"],  # no admin key
-    ["create", "--name", "x", "--url", "http://127.0.0.1:9", "--admin-key", "a", "--db", "x.db"],
-    ["update", "x"],
-    ["update", "x", "--rpm", "many"],
-])
-def test_bad_input_is_one_line_and_exit_2(kallm: Callable[..., Result], db: Path,
-                                          args: list[str]) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["create"],
+        ["create", "--name", " "],
+        ["create", "--name", "x", "--budget-usd", "ten"],
+        ["create", "--name", "x", "--budget-usd", "-1"],
+        ["create", "--name", "x", "--budget-period", "monthly"],
+        ["create", "--name", "x", "--rpm", "1.5"],
+        ["create", "--name", "x", "--tpm", "-3"],
+        ["create", "--name", "x", "--models", " , "],
+        ["create", "--name", "x", "--expires", "0s"],
+        ["create", "--name", "x", "--expires", "soon"],
+        ["create", "--name", "x", "--metadata", "novalue"],
+        ["create", "--name", "x", "--output", "yaml"],
+        ["create", "--name", "x", "-o", "k8s-secret", "--label", "bad label=x"],
+        ["create", "--name", "x", "-o", "k8s-secret", "--k8s-namespace", "Not_A_Namespace"],
+        ["create", "--name", "x", "--url", "http://127.0.0.1:9"],  # no admin key
+        [
+            "create",
+            "--name",
+            "x",
+            "--url",
+            "http://127.0.0.1:9",
+            "--admin-key",
+            "a",
+            "--db",
+            "x.db",
+        ],
+        ["update", "x"],
+        ["update", "x", "--rpm", "many"],
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    kallm: Callable[..., Result], db: Path, args: list[str]
+) -> None:
     result = kallm("keys", *args)
     assert result.exit_code == 2, result.output
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -227,18 +318,26 @@ def test_bad_input_is_one_line_and_exit_2(kallm: Callable[..., Result], db: Path
     assert not db.exists()  # flags are checked before anything is opened
 
 
-def test_store_and_server_errors_are_one_line(kallm: Callable[..., Result],
-                                              server: Proxy) -> None:
+def test_store_and_server_errors_are_one_line(kallm: Callable[..., Result], server: Proxy) -> None:
     created(kallm("keys", "create", "--name", "dup"))
     cases = [
         (("keys", "create", "--name", "dup"), 1, "already exists"),
         (("keys", "show", "nope"), 1, "no key 'nope'"),
-        (("keys", "show", "nope", "--url", server.root, "--admin-key", "adm"), 1,
-         "no key 'nope' (HTTP 404)"),
-        (("keys", "list", "--url", server.root, "--admin-key", "wrong"), 1,
-         "Invalid admin key. (HTTP 401)"),
-        (("keys", "list", "--url", "http://127.0.0.1:9", "--admin-key", "adm"), 1,
-         "cannot reach kallm at http://127.0.0.1:9"),
+        (
+            ("keys", "show", "nope", "--url", server.root, "--admin-key", "adm"),
+            1,
+            "no key 'nope' (HTTP 404)",
+        ),
+        (
+            ("keys", "list", "--url", server.root, "--admin-key", "wrong"),
+            1,
+            "Invalid admin key. (HTTP 401)",
+        ),
+        (
+            ("keys", "list", "--url", "http://127.0.0.1:9", "--admin-key", "adm"),
+            1,
+            "cannot reach kallm at http://127.0.0.1:9",
+        ),
     ]
     for args, code, message in cases:
         result = kallm(*args)

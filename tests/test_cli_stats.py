@@ -37,8 +37,9 @@ def kallm(db: Path) -> Callable[..., Result]:
 
 def ask(http: Http, secret: str, model: str, text: str) -> int:
     body = {"model": model, "messages": [{"role": "user", "content": text}]}
-    return http.post("/v1/chat/completions", body,
-                     headers={"Authorization": f"Bearer {secret}"}).status
+    return http.post(
+        "/v1/chat/completions", body, headers={"Authorization": f"Bearer {secret}"}
+    ).status
 
 
 @pytest.fixture
@@ -49,8 +50,9 @@ def served(make_proxy: Callable[..., Proxy], db: Path) -> Proxy:
     http = Http(proxy.root)
     admin = {"Authorization": "Bearer adm"}
     alice = http.post("/admin/keys", {"name": "alice"}, headers=admin).json()["key"]
-    bob = http.post("/admin/keys", {"name": "bob", "models": ["gpt-4o-mini"]},
-                    headers=admin).json()["key"]
+    bob = http.post(
+        "/admin/keys", {"name": "bob", "models": ["gpt-4o-mini"]}, headers=admin
+    ).json()["key"]
     assert ask(http, alice, "gpt-4o-mini", "What is the capital of France?") == 200
     assert ask(http, alice, "gpt-4o-mini", "What is the capital of France?") == 200  # HIT
     assert ask(http, alice, "gpt-4o", "Name three primary colours.") == 200
@@ -79,7 +81,8 @@ def test_json_from_the_database(kallm: Callable[..., Result], served: Proxy, db:
     assert set(keys) == {"alice", "bob"}
     assert (keys["alice"]["requests"], keys["alice"]["hits"]) == (3, 1)
     assert keys["alice"]["spend_usd"] + keys["bob"]["spend_usd"] == pytest.approx(
-        totals["spend_usd"])
+        totals["spend_usd"]
+    )
     models = {row["model"]: row["requests"] for row in report["by_model"]}
     assert models == {"gpt-4o-mini": 3, "gpt-4o": 2}
     recent = report["recent"]
@@ -92,8 +95,17 @@ def test_rich_view_from_the_database(kallm: Callable[..., Result], served: Proxy
     result = kallm("stats", "--last", "5")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    for text in ("by key", "by model", "last 5 requests", "alice", "bob", "gpt-4o-mini",
-                 "HIT", "25.0%", "last 24h"):
+    for text in (
+        "by key",
+        "by model",
+        "last 5 requests",
+        "alice",
+        "bob",
+        "gpt-4o-mini",
+        "HIT",
+        "25.0%",
+        "last 24h",
+    ):
         assert text in out, text
     assert "/health" not in out
 
@@ -101,9 +113,11 @@ def test_rich_view_from_the_database(kallm: Callable[..., Result], served: Proxy
 def test_since_and_last(kallm: Callable[..., Result], served: Proxy, db: Path) -> None:
     conn = connect(db)
     with conn:  # an old request from a key that no longer exists
-        conn.execute("INSERT INTO requests (time, key_id, path, model, status, cache, cost_usd) "
-                     "VALUES (?, 'key_gone', '/v1/chat/completions', 'gpt-4', 200, 'MISS', 1.5)",
-                     (time.time() - 3 * DAY,))
+        conn.execute(
+            "INSERT INTO requests (time, key_id, path, model, status, cache, cost_usd) "
+            "VALUES (?, 'key_gone', '/v1/chat/completions', 'gpt-4', 200, 'MISS', 1.5)",
+            (time.time() - 3 * DAY,),
+        )
     conn.close()
     day = as_json(kallm("stats", "--json", "--since", "24h", "--last", "1"))
     week = as_json(kallm("stats", "--json", "--since", "7d", "--last", "0"))
@@ -122,8 +136,9 @@ def test_from_the_server(kallm: Callable[..., Result], served: Proxy) -> None:
     assert view.exit_code == 0 and "hit rate" in view.stdout and "25.0%" in view.stdout
 
 
-def test_watch_redraws_until_ctrl_c(kallm: Callable[..., Result], served: Proxy,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_watch_redraws_until_ctrl_c(
+    kallm: Callable[..., Result], served: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sleeps: list[float] = []
 
     def sleep(seconds: float) -> None:
@@ -137,19 +152,23 @@ def test_watch_redraws_until_ctrl_c(kallm: Callable[..., Result], served: Proxy,
     assert sleeps == [5.0, 5.0] and "alice" in result.stdout
 
 
-@pytest.mark.parametrize(("args", "code", "message"), [
-    (["--since", "yesterday"], 2, "--since 'yesterday'"),
-    (["--since", "0s"], 2, "above zero"),
-    (["--last", "-1"], 2, "--last -1"),
-    (["--interval", "soon"], 2, "--interval"),
-    (["--watch", "--json"], 2, "pick one"),
-    (["--url", "http://127.0.0.1:9", "--since", "7d"], 2, "use them with --db"),
-    (["--url", "http://127.0.0.1:9", "--db", "x.db"], 2, "pick one"),
-    (["--url", "http://127.0.0.1:9"], 1, "cannot reach kallm"),
-    (["--db", "missing.db"], 1, "no database at missing.db"),
-])
-def test_bad_input_is_one_line(kallm: Callable[..., Result], args: list[str], code: int,
-                               message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--since", "yesterday"], 2, "--since 'yesterday'"),
+        (["--since", "0s"], 2, "above zero"),
+        (["--last", "-1"], 2, "--last -1"),
+        (["--interval", "soon"], 2, "--interval"),
+        (["--watch", "--json"], 2, "pick one"),
+        (["--url", "http://127.0.0.1:9", "--since", "7d"], 2, "use them with --db"),
+        (["--url", "http://127.0.0.1:9", "--db", "x.db"], 2, "pick one"),
+        (["--url", "http://127.0.0.1:9"], 1, "cannot reach kallm"),
+        (["--db", "missing.db"], 1, "no database at missing.db"),
+    ],
+)
+def test_bad_input_is_one_line(
+    kallm: Callable[..., Result], args: list[str], code: int, message: str
+) -> None:
     result = kallm("stats", *args)
     assert result.exit_code == code, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -159,7 +178,15 @@ def test_bad_input_is_one_line(kallm: Callable[..., Result], args: list[str], co
 def test_usage_queries_on_an_empty_database(db: Path) -> None:
     conn = connect(db)
     assert usage.totals(conn, 0) == {
-        "requests": 0, "hits": 0, "misses": 0, "errors": 0, "prompt_tokens": 0,
-        "completion_tokens": 0, "spend_usd": 0.0, "saved_usd": 0.0, "hit_rate": 0.0}
+        "requests": 0,
+        "hits": 0,
+        "misses": 0,
+        "errors": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "spend_usd": 0.0,
+        "saved_usd": 0.0,
+        "hit_rate": 0.0,
+    }
     assert usage.by_key(conn, 0) == usage.by_model(conn, 0) == usage.recent(conn, 10) == []
     conn.close()

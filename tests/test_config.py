@@ -27,10 +27,13 @@ def test_defaults_are_safe_for_a_laptop() -> None:
 
 
 def test_layers_override_in_order(tmp_path: Path) -> None:
-    config = write(tmp_path / "kallm.toml", '[server]\nport = 9000\nhost = "0.0.0.0"\n'
-                                            '[cache]\nttl = "30m"\nmax_entries = 50\n')
-    loaded = load_settings(config, environ={"KALLM_PORT": "9100", "KALLM_CACHE_TTL": "7d"},
-                           flags={"port": 9200})
+    config = write(
+        tmp_path / "kallm.toml",
+        '[server]\nport = 9000\nhost = "0.0.0.0"\n[cache]\nttl = "30m"\nmax_entries = 50\n',
+    )
+    loaded = load_settings(
+        config, environ={"KALLM_PORT": "9100", "KALLM_CACHE_TTL": "7d"}, flags={"port": 9200}
+    )
     s = loaded.settings
     assert (s.port, s.host, s.cache_ttl, s.max_cache_size) == (9200, "0.0.0.0", 7 * 86400, 50)
     assert loaded.sources["port"] == "flag"
@@ -47,11 +50,17 @@ def test_durations(text: str, seconds: float) -> None:
 
 
 def test_known_environment_variables() -> None:
-    s = load_settings(environ={
-        "OPENAI_API_KEY": "sk-x", "OPENAI_BASE_URL": "http://localhost:11434/v1/",
-        "KALLM_SIMILARITY_THRESHOLD": "0.9", "KALLM_MAX_CACHE_SIZE": "5",
-        "KALLM_EMBEDDING_MODEL": "hash", "KALLM_LOG_JSON": "true", "KALLM_HOST": "0.0.0.0",
-    }).settings
+    s = load_settings(
+        environ={
+            "OPENAI_API_KEY": "sk-x",
+            "OPENAI_BASE_URL": "http://localhost:11434/v1/",
+            "KALLM_SIMILARITY_THRESHOLD": "0.9",
+            "KALLM_MAX_CACHE_SIZE": "5",
+            "KALLM_EMBEDDING_MODEL": "hash",
+            "KALLM_LOG_JSON": "true",
+            "KALLM_HOST": "0.0.0.0",
+        }
+    ).settings
     assert s.upstream_api_key == "sk-x" and s.upstream_base_url == "http://localhost:11434/v1"
     assert s.similarity_threshold == 0.9 and s.max_cache_size == 5
     assert s.embedding_model == "hash" and s.log_json is True and s.host == "0.0.0.0"
@@ -90,7 +99,10 @@ def test_broken_toml_is_one_clear_error(tmp_path: Path) -> None:
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("KALLM_", "OPENAI_"))}
     return subprocess.run(
-        [sys.executable, "-m", "kallm", *args], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "kallm", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**clean, **env},
     )
 
@@ -112,9 +124,11 @@ def test_version() -> None:
 def test_prices_can_be_overridden_per_model(tmp_path: Path) -> None:
     from kallm.accounts.pricing import PriceTable, Usage
 
-    config = write(tmp_path / "kallm.toml",
-                   '[prices."llama3.2"]\ninput = 0.1\noutput = 0.2\n'
-                   '[prices."gpt-4o-mini"]\ninput = 1.0\ncached_input = 0.5\noutput = 2.0\n')
+    config = write(
+        tmp_path / "kallm.toml",
+        '[prices."llama3.2"]\ninput = 0.1\noutput = 0.2\n'
+        '[prices."gpt-4o-mini"]\ninput = 1.0\ncached_input = 0.5\noutput = 2.0\n',
+    )
     settings = load_settings(config, environ={}).settings
     table = PriceTable(overrides=dict(settings.prices))
     assert table.cost("llama3.2", Usage(1_000_000, 1_000_000)) == pytest.approx(0.3)

@@ -85,8 +85,10 @@ def test_connect_creates_and_migrates_an_empty_database(tmp_path: Path) -> None:
     assert schema_version(conn) == len(MIGRATIONS) == 1
     tables = {r["name"] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"keys", "requests"} <= tables
-    indexes = {r["name"]: r["sql"] for r in
-               conn.execute("SELECT name, sql FROM sqlite_master WHERE type='index'")}
+    indexes = {
+        r["name"]: r["sql"]
+        for r in conn.execute("SELECT name, sql FROM sqlite_master WHERE type='index'")
+    }
     assert "(time)" in indexes["requests_time"]
     assert "(key_id, time)" in indexes["requests_key_time"]
     assert "(model, time)" in indexes["requests_model_time"]
@@ -108,8 +110,10 @@ def test_request_row_matches_the_table(db: Path) -> None:
 def test_reconnecting_is_idempotent_and_keeps_data(db: Path) -> None:
     conn = connect(db)
     with conn:
-        conn.execute("INSERT INTO keys (id, name, prefix, hash, created, period_start) "
-                     "VALUES ('k1', 'team', 'sk-kallm-ab', 'h', 1, 1)")
+        conn.execute(
+            "INSERT INTO keys (id, name, prefix, hash, created, period_start) "
+            "VALUES ('k1', 'team', 'sk-kallm-ab', 'h', 1, 1)"
+        )
     conn.close()
     conn = connect(db)
     assert schema_version(conn) == 1
@@ -131,7 +135,8 @@ def test_a_database_from_a_newer_kallm_is_refused(db: Path) -> None:
 
 
 def test_a_failing_migration_rolls_back_whole(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE half (x)")
         raise RuntimeError("step 2 failed")
@@ -174,8 +179,9 @@ def test_rows_are_written_in_batches_and_flush_makes_them_visible(db: Path) -> N
 
     writer = DatabaseWriter(db, batch_size=10, opener=traced, **FAST)
     for i in range(25):  # queued before the thread starts: batches of 10, 10 and 5
-        assert writer.log(row(float(i), model="gpt-4o-mini", status=200, cost_usd=0.001,
-                              request_body='{"a": 1}'))
+        assert writer.log(
+            row(float(i), model="gpt-4o-mini", status=200, cost_usd=0.001, request_body='{"a": 1}')
+        )
     writer.start()
     assert writer.flush()
     assert (writer.written, writer.dropped, writer.last_error) == (25, 0, None)
@@ -183,7 +189,10 @@ def test_rows_are_written_in_batches_and_flush_makes_them_visible(db: Path) -> N
     got = rows(db)
     assert [r["time"] for r in got] == [float(i) for i in range(25)]
     assert (got[0]["model"], got[0]["status"], got[0]["request_body"]) == (
-        "gpt-4o-mini", 200, '{"a": 1}')
+        "gpt-4o-mini",
+        200,
+        '{"a": 1}',
+    )
     writer.close()
 
 
@@ -204,7 +213,8 @@ def test_a_full_queue_drops_instead_of_blocking(db: Path) -> None:
 
 
 def test_locked_past_busy_timeout_drops_then_recovers(
-        db: Path, db_warnings: list[logging.LogRecord]) -> None:
+    db: Path, db_warnings: list[logging.LogRecord]
+) -> None:
     locker = sqlite3.connect(db, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     writer = DatabaseWriter(db, busy_timeout_ms=20, **FAST)
@@ -229,7 +239,8 @@ def test_locked_past_busy_timeout_drops_then_recovers(
 
 
 def test_a_read_only_database_drops_without_raising_and_reopens_later(
-        db: Path, db_warnings: list[logging.LogRecord]) -> None:
+    db: Path, db_warnings: list[logging.LogRecord]
+) -> None:
     opened: list[bool] = []
 
     def read_only_first(path: Path) -> sqlite3.Connection:
@@ -281,8 +292,10 @@ def test_prune_deletes_old_rows_only(db: Path) -> None:
 def test_statements_apply_in_order_with_rows_and_a_bad_one_costs_only_itself(db: Path) -> None:
     conn = connect(db)
     with conn:
-        conn.execute("INSERT INTO keys (id, name, prefix, hash, created, period_start) "
-                     "VALUES ('k1', 'team', 'p', 'h', 1, 1)")
+        conn.execute(
+            "INSERT INTO keys (id, name, prefix, hash, created, period_start) "
+            "VALUES ('k1', 'team', 'p', 'h', 1, 1)"
+        )
     conn.close()
     writer = DatabaseWriter(db, **FAST)
     writer.log(row(1.0, model="a"))

@@ -33,8 +33,13 @@ def run_script(*scripts: str, timeout: float) -> str:
         started = time.monotonic()
         try:
             done = subprocess.run(
-                ["bash", str(ROOT / "scripts" / script)], cwd=ROOT, env=env, text=True,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+                ["bash", str(ROOT / "scripts" / script)],
+                cwd=ROOT,
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired as exc:

@@ -27,8 +27,11 @@ def test_ttl_expiry(make_proxy: Any, upstream: Upstream) -> None:
 def test_lru_eviction_keeps_recently_used(make_proxy: Any, upstream: Upstream) -> None:
     proxy = make_proxy(max_cache_size=2)
     client = client_for(proxy)
-    questions = ["Who painted the Mona Lisa?", "How many legs does a spider have?",
-                 "What is the chemical symbol for gold?"]
+    questions = [
+        "Who painted the Mona Lisa?",
+        "How many legs does a spider have?",
+        "What is the chemical symbol for gold?",
+    ]
     ask(client, questions[0])
     ask(client, questions[1])
     assert cache_header(ask(client, questions[0])) == "HIT"  # now the most recently used

@@ -28,8 +28,9 @@ def test_upstream_errors_pass_through_as_is(http: Http) -> None:
 
 
 def test_streamed_non_chat_endpoint(client: openai.OpenAI, upstream: Upstream) -> None:
-    stream = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hello",
-                                       stream=True)
+    stream = client.completions.create(
+        model="gpt-3.5-turbo-instruct", prompt="Say hello", stream=True
+    )
     text = "".join(chunk.choices[0].text for chunk in stream if chunk.choices)
     assert text
     assert upstream.fake.calls["/v1/completions"] == 1

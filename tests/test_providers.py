@@ -19,10 +19,20 @@ from tests.fake_anthropic import FakeAnthropic, start_fake_anthropic
 from tests.fake_gemini import FakeGemini, start_fake_gemini
 from tests.harness import Http, LoopThread, Proxy, Upstream, stop
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a place",
-    "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
-                   "required": ["location"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a place",
+            "parameters": {
+                "type": "object",
+                "properties": {"location": {"type": "string"}},
+                "required": ["location"],
+            },
+        },
+    }
+]
 
 
 @dataclass
@@ -39,10 +49,12 @@ def fleet(loop_thread: LoopThread, upstream: Upstream, make_proxy: Any) -> Itera
     anthropic, a_runner, a_url = loop_thread.run(start_fake_anthropic())
     gemini, g_runner, g_url = loop_thread.run(start_fake_gemini())
     providers = (
-        ProviderConfig("openai", "openai", upstream.url, "sk-openai", None, ("gpt-*",),
-                       max_retries=1),
-        ProviderConfig("anthropic", "anthropic", a_url, "sk-ant", None, ("claude-*",),
-                       max_retries=1),
+        ProviderConfig(
+            "openai", "openai", upstream.url, "sk-openai", None, ("gpt-*",), max_retries=1
+        ),
+        ProviderConfig(
+            "anthropic", "anthropic", a_url, "sk-ant", None, ("claude-*",), max_retries=1
+        ),
         ProviderConfig("gemini", "gemini", g_url, "g-key", None, ("gemini-*",), max_retries=0),
     )
     aliases = (AliasConfig("fast", ("anthropic/claude-haiku-4-5", "openai/gpt-4o-mini")),)
@@ -56,8 +68,10 @@ def fleet(loop_thread: LoopThread, upstream: Upstream, make_proxy: Any) -> Itera
 
 def chat(fleet: Fleet, model: str, text: str, **params: Any) -> Any:
     return fleet.client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "system", "content": "Be brief."},
-                               {"role": "user", "content": text}], **params)
+        model=model,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}],
+        **params,
+    )
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-flash"])
@@ -66,7 +80,8 @@ def test_each_provider_answers_and_caches(fleet: Fleet, model: str) -> None:
     completion = first.parse()
     assert first.headers["x-kallm-cache"] == "MISS"
     assert first.headers["x-kallm-provider"].split("/")[0] == model.split("-")[0].replace(
-        "gpt", "openai").replace("claude", "anthropic")
+        "gpt", "openai"
+    ).replace("claude", "anthropic")
     assert completion.choices[0].message.content
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage.total_tokens > 0
@@ -78,15 +93,19 @@ def test_each_provider_answers_and_caches(fleet: Fleet, model: str) -> None:
 @pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-flash"])
 def test_native_streams_relay_and_replay(fleet: Fleet, model: str) -> None:
     stream = fleet.client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "Tell me about rivers"}],
-        stream=True, stream_options={"include_usage": True})
+        model=model,
+        messages=[{"role": "user", "content": "Tell me about rivers"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     hit = chat(fleet, model, "Tell me about rivers")
     assert hit.headers["x-kallm-cache"] == "MISS"  # a system prompt: another scope
     plain = fleet.client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": "Tell me about rivers"}])
+        model=model, messages=[{"role": "user", "content": "Tell me about rivers"}]
+    )
     assert plain.headers["x-kallm-cache"] == "HIT"
     assert plain.parse().choices[0].message.content == text
 
@@ -98,10 +117,15 @@ def test_native_tool_calls(fleet: Fleet, model: str) -> None:
     assert choice.finish_reason == "tool_calls"
     call = choice.message.tool_calls[0]
     assert call.function.name == "get_weather" and "Paris" in call.function.arguments
-    follow_up = fleet.client.chat.completions.create(model=model, tools=TOOLS, messages=[
-        {"role": "user", "content": "What is the weather in Paris?"},
-        choice.message.model_dump(exclude_none=True),
-        {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"}])
+    follow_up = fleet.client.chat.completions.create(
+        model=model,
+        tools=TOOLS,
+        messages=[
+            {"role": "user", "content": "What is the weather in Paris?"},
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"},
+        ],
+    )
     assert follow_up.choices[0].message.content
 
 
@@ -131,9 +155,13 @@ def test_retry_then_success_on_500(fleet: Fleet) -> None:
 def test_no_retry_after_the_stream_began(fleet: Fleet) -> None:
     fleet.openai.fake.cut_stream_after = 2
     with pytest.raises(openai.APIError):
-        list(fleet.client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "a long tale"}],
-            stream=True))
+        list(
+            fleet.client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "a long tale"}],
+                stream=True,
+            )
+        )
     assert fleet.openai.fake.chat_calls == 1
 
 
@@ -153,10 +181,17 @@ def test_models_lists_configuration(fleet: Fleet) -> None:
 def test_missing_provider_key_is_a_clear_401(make_proxy: Any, loop_thread: LoopThread) -> None:
     _anthropic, runner, url = loop_thread.run(start_fake_anthropic())
     try:
-        proxy = make_proxy(providers=(ProviderConfig("anthropic", "anthropic", url, None,
-                                                     "ANTHROPIC_API_KEY", ("claude-*",)),))
-        reply = Http(proxy.root).post("/v1/chat/completions", {
-            "model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "x"}]})
+        proxy = make_proxy(
+            providers=(
+                ProviderConfig(
+                    "anthropic", "anthropic", url, None, "ANTHROPIC_API_KEY", ("claude-*",)
+                ),
+            )
+        )
+        reply = Http(proxy.root).post(
+            "/v1/chat/completions",
+            {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "x"}]},
+        )
         assert reply.status == 401 and "ANTHROPIC_API_KEY" in reply.json()["error"]["message"]
     finally:
         stop(loop_thread, runner)
@@ -178,8 +213,9 @@ def test_streamed_spend_equals_non_streamed(fleet: Fleet, model: str) -> None:
 
     list(fleet.client.chat.completions.create(model=model, messages=messages, stream=True))
     streamed = after(0.0)
-    fleet.client.chat.completions.create(model=model, messages=messages,
-                                         extra_headers={"Cache-Control": "no-cache"})
+    fleet.client.chat.completions.create(
+        model=model, messages=messages, extra_headers={"Cache-Control": "no-cache"}
+    )
     plain = after(streamed) - streamed
     assert streamed > 0 and streamed == pytest.approx(plain)
 

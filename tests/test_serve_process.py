@@ -31,16 +31,28 @@ def wait_healthy(root: str, process: subprocess.Popen[str], seconds: float = 30)
 def test_serve_answers_and_saves_on_sigterm(upstream: Upstream, tmp_path: Path) -> None:
     port = free_port()
     cache_file = tmp_path / "cache.kallm"
-    env = {**os.environ, "OPENAI_BASE_URL": upstream.url, "OPENAI_API_KEY": "sk-up",
-           "KALLM_PORT": str(port), "KALLM_CACHE_FILE": str(cache_file), "KALLM_LOG_JSON": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "kallm", "serve"], env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "OPENAI_BASE_URL": upstream.url,
+        "OPENAI_API_KEY": "sk-up",
+        "KALLM_PORT": str(port),
+        "KALLM_CACHE_FILE": str(cache_file),
+        "KALLM_LOG_JSON": "1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kallm", "serve"],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         root = f"http://127.0.0.1:{port}"
         wait_healthy(root, process)
         client = openai.OpenAI(base_url=root + "/v1", api_key="k", max_retries=0)
         reply = client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello process"}])
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello process"}]
+        )
         assert reply.choices[0].message.content
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)

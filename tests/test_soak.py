@@ -22,8 +22,12 @@ async def test_state_stays_bounded_under_varied_load(make_proxy: Any, upstream: 
         async with semaphore:
             model = "gpt-4o-mini" if i % 3 else f"no-such-model-{i}"  # names clients invent
             try:
-                await client.chat.completions.create(model=model, messages=[
-                    {"role": "user", "content": f"question {i} about {i * 7919 % 1000} things"}])
+                await client.chat.completions.create(
+                    model=model,
+                    messages=[
+                        {"role": "user", "content": f"question {i} about {i * 7919 % 1000} things"}
+                    ],
+                )
             except openai.APIStatusError as exc:
                 assert exc.status_code == 404
 

@@ -8,9 +8,14 @@ from kallm.providers.sse import StreamAssembler, replay_events
 
 
 def chunk(delta: dict, finish: str | None = None, **extra: object) -> dict:
-    return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                         "finish_reason": finish}], **extra}
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        **extra,
+    }
 
 
 def test_round_trip_keeps_reasoning_tool_calls_and_usage() -> None:
@@ -20,13 +25,28 @@ def test_round_trip_keeps_reasoning_tool_calls_and_usage() -> None:
         chunk({"reasoning_content": "Think "}),
         chunk({"reasoning_content": "first."}),
         chunk({"content": "Calling the tool. " * 8}),
-        chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                               "function": {"name": "get_weather", "arguments": "{\"loc"}}]}),
-        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "\": \"Paris\"}"}}]}),
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"loc'},
+                    }
+                ]
+            }
+        ),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '": "Paris"}'}}]}),
         chunk({}, "tool_calls"),
-        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-         "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9,
-                                  "total_tokens": 14}},
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14},
+        },
     ):
         assembler.feed(part)
     assert assembler.complete
@@ -38,8 +58,9 @@ def test_round_trip_keeps_reasoning_tool_calls_and_usage() -> None:
     events = replay_events(completion, include_usage=True)
     assert events[-1] == b"data: [DONE]\n\n"
     replayed = [json.loads(e[6:]) for e in events[:-1]]
-    content_chunks = [c for c in replayed if c["choices"] and c["choices"][0]["delta"].get(
-        "content")]
+    content_chunks = [
+        c for c in replayed if c["choices"] and c["choices"][0]["delta"].get("content")
+    ]
     assert len(content_chunks) > 1  # a real stream, not one aggregated blob
     again = StreamAssembler()
     for part in replayed:

@@ -25,10 +25,20 @@ from tests.fake_gemini import SKIP_SIGNATURE, FakeGemini, start_fake_gemini
 FLASH = "gemini-2.5-flash"
 PRO3 = "gemini-3-pro-preview"
 PNG = "data:image/png;base64,iVBORw0KGgo="
-SCHEMA = {"type": "object", "properties": {"location": {"type": "string"}},
-          "required": ["location"], "additionalProperties": False}
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city.", "parameters": SCHEMA}}
+SCHEMA = {
+    "type": "object",
+    "properties": {"location": {"type": "string"}},
+    "required": ["location"],
+    "additionalProperties": False,
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": SCHEMA,
+    },
+}
 
 
 def build(messages: list[dict[str, Any]], model: str = FLASH, **extra: Any) -> dict[str, Any]:
@@ -40,22 +50,34 @@ def user(text: str) -> dict[str, Any]:
 
 
 def call_turn(extra_content: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    call: dict[str, Any] = {"id": "call_1", "type": "function", "function": {
-        "name": "get_weather", "arguments": '{"location": "Paris"}'}}
+    call: dict[str, Any] = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"location": "Paris"}'},
+    }
     if extra_content is not None:
         call["extra_content"] = extra_content
-    return [user("weather in Paris?"),
-            {"role": "assistant", "content": "", "tool_calls": [call]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "18C"}]
+    return [
+        user("weather in Paris?"),
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    ]
 
 
 def response(parts: list[dict[str, Any]], finish: str | None = "STOP", **usage: int) -> dict:
-    return {"candidates": [{"content": {"parts": parts, "role": "model"}, "finishReason": finish,
-                            "index": 0}],
-            "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 4,
-                              "totalTokenCount": 14 + usage.get("thoughtsTokenCount", 0),
-                              **usage},
-            "modelVersion": FLASH, "responseId": "resp1"}
+    return {
+        "candidates": [
+            {"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": 0}
+        ],
+        "usageMetadata": {
+            "promptTokenCount": 10,
+            "candidatesTokenCount": 4,
+            "totalTokenCount": 14 + usage.get("thoughtsTokenCount", 0),
+            **usage,
+        },
+        "modelVersion": FLASH,
+        "responseId": "resp1",
+    }
 
 
 def without_created(body: dict[str, Any]) -> dict[str, Any]:
@@ -66,66 +88,129 @@ def without_created(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_headers_and_paths() -> None:
-    assert gemini.request_headers("AIza") == {"x-goog-api-key": "AIza",
-                                              "content-type": "application/json"}
+    assert gemini.request_headers("AIza") == {
+        "x-goog-api-key": "AIza",
+        "content-type": "application/json",
+    }
     assert gemini.chat_path(FLASH, False) == f"/v1beta/models/{FLASH}:generateContent"
-    assert gemini.chat_path(f"models/{FLASH}", True) == \
-        f"/v1beta/models/{FLASH}:streamGenerateContent?alt=sse"
+    assert (
+        gemini.chat_path(f"models/{FLASH}", True)
+        == f"/v1beta/models/{FLASH}:streamGenerateContent?alt=sse"
+    )
 
 
 def test_contents_roles_and_system_instruction() -> None:
-    body = build([{"role": "system", "content": "Be brief."}, user("hi"),
-                  {"role": "assistant", "content": "Hello!"}, user("one"), user("two")])
+    body = build(
+        [
+            {"role": "system", "content": "Be brief."},
+            user("hi"),
+            {"role": "assistant", "content": "Hello!"},
+            user("one"),
+            user("two"),
+        ]
+    )
     assert body["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
     assert body["contents"] == [
         {"role": "user", "parts": [{"text": "hi"}]},
         {"role": "model", "parts": [{"text": "Hello!"}]},
-        {"role": "user", "parts": [{"text": "one"}, {"text": "two"}]}]
+        {"role": "user", "parts": [{"text": "one"}, {"text": "two"}]},
+    ]
     assert "generationConfig" not in body and "model" not in body
 
 
 def test_generation_config() -> None:
-    body = build([user("hi")], temperature=0.3, top_p=0.8, max_tokens=99, stop=["END"], n=2,
-                 seed=5, presence_penalty=0.1, frequency_penalty=0.2)
+    body = build(
+        [user("hi")],
+        temperature=0.3,
+        top_p=0.8,
+        max_tokens=99,
+        stop=["END"],
+        n=2,
+        seed=5,
+        presence_penalty=0.1,
+        frequency_penalty=0.2,
+    )
     assert body["generationConfig"] == {
-        "temperature": 0.3, "topP": 0.8, "maxOutputTokens": 99, "stopSequences": ["END"],
-        "candidateCount": 2, "seed": 5, "presencePenalty": 0.1, "frequencyPenalty": 0.2}
+        "temperature": 0.3,
+        "topP": 0.8,
+        "maxOutputTokens": 99,
+        "stopSequences": ["END"],
+        "candidateCount": 2,
+        "seed": 5,
+        "presencePenalty": 0.1,
+        "frequencyPenalty": 0.2,
+    }
 
 
 def test_response_formats() -> None:
     config = build([user("hi")], response_format={"type": "json_object"})["generationConfig"]
     assert config == {"responseMimeType": "application/json"}
-    config = build([user("hi")], response_format={
-        "type": "json_schema", "json_schema": {"name": "w", "schema": SCHEMA, "strict": True}},
+    config = build(
+        [user("hi")],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "w", "schema": SCHEMA, "strict": True},
+        },
     )["generationConfig"]
     assert config == {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA}
     assert "generationConfig" not in build([user("hi")], response_format={"type": "text"})
 
 
 def test_images_must_be_inline() -> None:
-    body = build([{"role": "user", "content": [
-        {"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": PNG}},
-        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}]}])
+    body = build(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is it"},
+                    {"type": "image_url", "image_url": {"url": PNG}},
+                    {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+                ],
+            }
+        ]
+    )
     assert body["contents"][0]["parts"][1:] == [
         {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}},
-        {"inlineData": {"mimeType": "audio/wav", "data": "UklGRg=="}}]
+        {"inlineData": {"mimeType": "audio/wav", "data": "UklGRg=="}},
+    ]
     with pytest.raises(RequestError) as err:
-        build([{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
+        build(
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+                    ],
+                }
+            ]
+        )
     assert err.value.param == "messages[0].content[0].image_url.url"
 
 
 def test_tools_and_tool_choice() -> None:
     body = build([user("hi")], tools=[WEATHER, {"type": "function", "function": {"name": "now"}}])
-    assert body["tools"] == [{"functionDeclarations": [
-        {"name": "get_weather", "description": "Current weather for a city.",
-         "parametersJsonSchema": SCHEMA},
-        {"name": "now"}]}]
+    assert body["tools"] == [
+        {
+            "functionDeclarations": [
+                {
+                    "name": "get_weather",
+                    "description": "Current weather for a city.",
+                    "parametersJsonSchema": SCHEMA,
+                },
+                {"name": "now"},
+            ]
+        }
+    ]
     assert "toolConfig" not in body
     for choice, config in [
-            ("auto", {"mode": "AUTO"}), ("none", {"mode": "NONE"}), ("required", {"mode": "ANY"}),
-            ({"type": "function", "function": {"name": "get_weather"}},
-             {"mode": "ANY", "allowedFunctionNames": ["get_weather"]})]:
+        ("auto", {"mode": "AUTO"}),
+        ("none", {"mode": "NONE"}),
+        ("required", {"mode": "ANY"}),
+        (
+            {"type": "function", "function": {"name": "get_weather"}},
+            {"mode": "ANY", "allowedFunctionNames": ["get_weather"]},
+        ),
+    ]:
         body = build([user("hi")], tools=[WEATHER], tool_choice=choice)
         assert body["toolConfig"] == {"functionCallingConfig": config}
 
@@ -133,15 +218,23 @@ def test_tools_and_tool_choice() -> None:
 def test_tool_calls_and_results_become_function_parts() -> None:
     body = build([*call_turn(), user("thanks")])
     assert body["contents"][1:] == [
-        {"role": "model", "parts": [{"functionCall": {"name": "get_weather",
-                                                      "args": {"location": "Paris"}}}]},
-        {"role": "user", "parts": [{"functionResponse": {"name": "get_weather",
-                                                         "response": {"result": "18C"}}},
-                                   {"text": "thanks"}]}]
+        {
+            "role": "model",
+            "parts": [{"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}}],
+        },
+        {
+            "role": "user",
+            "parts": [
+                {"functionResponse": {"name": "get_weather", "response": {"result": "18C"}}},
+                {"text": "thanks"},
+            ],
+        },
+    ]
     messages = call_turn()
     messages[2]["content"] = '{"temp": 18}'  # a JSON object result is passed as the object
     assert build(messages)["contents"][2]["parts"][0]["functionResponse"]["response"] == {
-        "temp": 18}
+        "temp": 18
+    }
 
 
 def test_a_tool_result_without_its_call_is_a_400() -> None:
@@ -159,20 +252,30 @@ def test_thought_signatures_round_trip_or_fall_back_on_gemini_3() -> None:
 
 
 def test_reasoning_effort_and_thinking_config() -> None:
-    assert build([user("hi")], reasoning_effort="low")["generationConfig"]["thinkingConfig"] == \
-        {"thinkingBudget": 1024, "includeThoughts": True}
+    assert build([user("hi")], reasoning_effort="low")["generationConfig"]["thinkingConfig"] == {
+        "thinkingBudget": 1024,
+        "includeThoughts": True,
+    }
     assert build([user("hi")], PRO3, reasoning_effort="high")["generationConfig"][
-        "thinkingConfig"] == {"thinkingLevel": "high", "includeThoughts": True}
+        "thinkingConfig"
+    ] == {"thinkingLevel": "high", "includeThoughts": True}
     explicit = build([user("hi")], google={"thinking_config": {"thinking_budget": 0}})
     assert explicit["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 0}
 
 
-@pytest.mark.parametrize(("extra", "param"), [
-    ({"logprobs": True}, "logprobs"), ({"logit_bias": {"1": 2}}, "logit_bias"),
-    ({"n": 0}, "n"), ({"response_format": {"type": "xml"}}, "response_format"),
-    ({"tool_choice": {"type": "function", "function": {"name": "x"}}, "tools": [WEATHER]},
-     "tool_choice"),
-])
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"logprobs": True}, "logprobs"),
+        ({"logit_bias": {"1": 2}}, "logit_bias"),
+        ({"n": 0}, "n"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        (
+            {"tool_choice": {"type": "function", "function": {"name": "x"}}, "tools": [WEATHER]},
+            "tool_choice",
+        ),
+    ],
+)
 def test_what_gemini_cannot_express_is_a_400(extra: dict[str, Any], param: str) -> None:
     with pytest.raises(RequestError) as err:
         build([user("hi")], **extra)
@@ -183,22 +286,49 @@ def test_what_gemini_cannot_express_is_a_400(extra: dict[str, Any], param: str) 
 
 
 def test_text_response_and_usage() -> None:
-    body = gemini.translate_response(response(
-        [{"text": "Thinking...", "thought": True}, {"text": "Hel"}, {"text": "lo"}],
-        cachedContentTokenCount=6, thoughtsTokenCount=3), "alias")
+    body = gemini.translate_response(
+        response(
+            [{"text": "Thinking...", "thought": True}, {"text": "Hel"}, {"text": "lo"}],
+            cachedContentTokenCount=6,
+            thoughtsTokenCount=3,
+        ),
+        "alias",
+    )
     assert body["id"] == "chatcmpl-resp1" and body["model"] == "alias"
-    assert body["choices"] == [{"index": 0, "logprobs": None, "finish_reason": "stop", "message": {
-        "role": "assistant", "content": "Hello", "reasoning_content": "Thinking..."}}]
-    assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17,
-                             "prompt_tokens_details": {"cached_tokens": 6},
-                             "completion_tokens_details": {"reasoning_tokens": 3}}
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "logprobs": None,
+            "finish_reason": "stop",
+            "message": {
+                "role": "assistant",
+                "content": "Hello",
+                "reasoning_content": "Thinking...",
+            },
+        }
+    ]
+    assert body["usage"] == {
+        "prompt_tokens": 10,
+        "completion_tokens": 7,
+        "total_tokens": 17,
+        "prompt_tokens_details": {"cached_tokens": 6},
+        "completion_tokens_details": {"reasoning_tokens": 3},
+    }
 
 
 def test_function_call_response() -> None:
-    body = gemini.translate_response(response([
-        {"functionCall": {"name": "get_weather", "args": {"location": "Köln"}},
-         "thoughtSignature": "c2ln"},
-        {"functionCall": {"name": "now", "args": {}}}]), "alias")
+    body = gemini.translate_response(
+        response(
+            [
+                {
+                    "functionCall": {"name": "get_weather", "args": {"location": "Köln"}},
+                    "thoughtSignature": "c2ln",
+                },
+                {"functionCall": {"name": "now", "args": {}}},
+            ]
+        ),
+        "alias",
+    )
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
     first, second = choice["message"]["tool_calls"]
@@ -208,24 +338,38 @@ def test_function_call_response() -> None:
     assert second["function"]["arguments"] == "{}" and "extra_content" not in second
 
 
-@pytest.mark.parametrize(("reason", "finish"), [
-    ("STOP", "stop"), ("MAX_TOKENS", "length"), ("SAFETY", "content_filter"),
-    ("RECITATION", "content_filter"), ("PROHIBITED_CONTENT", "content_filter"),
-    ("SPII", "content_filter"), ("OTHER", "stop"), ("MALFORMED_FUNCTION_CALL", "stop")])
+@pytest.mark.parametrize(
+    ("reason", "finish"),
+    [
+        ("STOP", "stop"),
+        ("MAX_TOKENS", "length"),
+        ("SAFETY", "content_filter"),
+        ("RECITATION", "content_filter"),
+        ("PROHIBITED_CONTENT", "content_filter"),
+        ("SPII", "content_filter"),
+        ("OTHER", "stop"),
+        ("MALFORMED_FUNCTION_CALL", "stop"),
+    ],
+)
 def test_finish_reasons(reason: str, finish: str) -> None:
     body = gemini.translate_response(response([{"text": "x"}], reason), "m")
     assert body["choices"][0]["finish_reason"] == finish
 
 
 def test_blocked_prompt_and_several_candidates() -> None:
-    blocked = gemini.translate_response({"promptFeedback": {"blockReason": "SAFETY"},
-                                         "usageMetadata": {"promptTokenCount": 3,
-                                                           "totalTokenCount": 3}}, "m")
+    blocked = gemini.translate_response(
+        {
+            "promptFeedback": {"blockReason": "SAFETY"},
+            "usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 3},
+        },
+        "m",
+    )
     assert blocked["choices"][0]["finish_reason"] == "content_filter"
     assert blocked["usage"]["prompt_tokens"] == 3
     two = response([{"text": "a"}])
-    two["candidates"].append({"content": {"parts": [{"text": "b"}], "role": "model"},
-                              "finishReason": "STOP", "index": 1})
+    two["candidates"].append(
+        {"content": {"parts": [{"text": "b"}], "role": "model"}, "finishReason": "STOP", "index": 1}
+    )
     choices = gemini.translate_response(two, "m")["choices"]
     assert [(c["index"], c["message"]["content"]) for c in choices] == [(0, "a"), (1, "b")]
 
@@ -241,18 +385,29 @@ def chunks_of(body: dict[str, Any]) -> list[dict[str, Any]]:
                 piece["index"] = candidate["index"]
             if k == len(parts) - 1:
                 piece["finishReason"] = candidate["finishReason"]
-            out.append({"candidates": [piece], "responseId": body["responseId"],
-                        "usageMetadata": {"promptTokenCount": 10, "totalTokenCount": 10}})
+            out.append(
+                {
+                    "candidates": [piece],
+                    "responseId": body["responseId"],
+                    "usageMetadata": {"promptTokenCount": 10, "totalTokenCount": 10},
+                }
+            )
     out[-1]["usageMetadata"] = body["usageMetadata"]
     return out
 
 
-@pytest.mark.parametrize("parts", [
-    [{"text": "Hello "}, {"text": "there, "}, {"text": "friend."}],
-    [{"functionCall": {"name": "get_weather", "args": {"location": "Oslo"}}},
-     {"functionCall": {"name": "now"}}],
-    [{"text": "Hmm.", "thought": True}, {"text": "Done."}],
-], ids=["text", "tools", "thoughts"])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [{"text": "Hello "}, {"text": "there, "}, {"text": "friend."}],
+        [
+            {"functionCall": {"name": "get_weather", "args": {"location": "Oslo"}}},
+            {"functionCall": {"name": "now"}},
+        ],
+        [{"text": "Hmm.", "thought": True}, {"text": "Done."}],
+    ],
+    ids=["text", "tools", "thoughts"],
+)
 def test_a_stream_assembles_to_the_non_streamed_completion(parts: list[dict[str, Any]]) -> None:
     body = response(parts, thoughtsTokenCount=2)
     expected = gemini.translate_response(body, "alias")
@@ -275,31 +430,53 @@ def test_stream_error_object_raises_and_close_without_usage_is_empty() -> None:
     translator = gemini.StreamTranslator("alias")
     assert translator.close() == [] and not translator.finished
     with pytest.raises(UpstreamError, match="overloaded"):
-        translator.feed(None, {"error": {"code": 503, "message": "The model is overloaded.",
-                                         "status": "UNAVAILABLE"}})
+        translator.feed(
+            None,
+            {
+                "error": {
+                    "code": 503,
+                    "message": "The model is overloaded.",
+                    "status": "UNAVAILABLE",
+                }
+            },
+        )
 
 
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize(("status", "native", "out_type", "code"), [
-    (400, "INVALID_ARGUMENT", "invalid_request_error", None),
-    (403, "PERMISSION_DENIED", "permission_error", None),
-    (404, "NOT_FOUND", "not_found_error", None),
-    (429, "RESOURCE_EXHAUSTED", "rate_limit_error", "rate_limit_exceeded"),
-    (500, "INTERNAL", "server_error", None),
-    (503, "UNAVAILABLE", "server_error", "overloaded"),
-])
+@pytest.mark.parametrize(
+    ("status", "native", "out_type", "code"),
+    [
+        (400, "INVALID_ARGUMENT", "invalid_request_error", None),
+        (403, "PERMISSION_DENIED", "permission_error", None),
+        (404, "NOT_FOUND", "not_found_error", None),
+        (429, "RESOURCE_EXHAUSTED", "rate_limit_error", "rate_limit_exceeded"),
+        (500, "INTERNAL", "server_error", None),
+        (503, "UNAVAILABLE", "server_error", "overloaded"),
+    ],
+)
 def test_error_statuses_map(status: int, native: str, out_type: str, code: str | None) -> None:
     raw = json.dumps({"error": {"code": status, "message": "boom", "status": native}}).encode()
-    assert gemini.translate_error(status, raw) == (status, {"error": {
-        "message": "boom", "type": out_type, "param": None, "code": code}})
+    assert gemini.translate_error(status, raw) == (
+        status,
+        {"error": {"message": "boom", "type": out_type, "param": None, "code": code}},
+    )
 
 
 def test_invalid_key_array_bodies_and_non_json() -> None:
-    raw = json.dumps([{"error": {"code": 400, "message": "API key not valid.",
-                                 "status": "INVALID_ARGUMENT",
-                                 "details": [{"reason": "API_KEY_INVALID"}]}}]).encode()
+    raw = json.dumps(
+        [
+            {
+                "error": {
+                    "code": 400,
+                    "message": "API key not valid.",
+                    "status": "INVALID_ARGUMENT",
+                    "details": [{"reason": "API_KEY_INVALID"}],
+                }
+            }
+        ]
+    ).encode()
     status, body = gemini.translate_error(400, raw)
     assert status == 401 and body["error"]["code"] == "invalid_api_key"
     status, body = gemini.translate_error(504, b"upstream request timeout")
@@ -319,14 +496,21 @@ async def fake() -> AsyncIterator[FakeGemini]:
         await runner.cleanup()
 
 
-async def call(fake: FakeGemini, body: dict[str, Any], model: str = FLASH, stream: bool = False,
-               key: str | None = "AIza-test") -> tuple[int, Any, list[dict[str, Any]]]:
+async def call(
+    fake: FakeGemini,
+    body: dict[str, Any],
+    model: str = FLASH,
+    stream: bool = False,
+    key: str | None = "AIza-test",
+) -> tuple[int, Any, list[dict[str, Any]]]:
     """POST to the fake; (status, JSON body, SSE data objects)."""
     headers = gemini.request_headers(key) if key else {"content-type": "application/json"}
     url = fake.base_url + gemini.chat_path(model, stream)
     events: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession() as session, session.post(
-            url, json=body, headers=headers) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=body, headers=headers) as response,
+    ):
         if response.content_type != "text/event-stream":
             return response.status, await response.read(), []
         with contextlib.suppress(aiohttp.ClientPayloadError):  # a cut stream ends like this
@@ -348,8 +532,12 @@ def assemble(events: list[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
 
 async def test_plain_and_streamed_answers_agree(fake: FakeGemini) -> None:
     fake.cached_tokens = 2
-    request = build([{"role": "system", "content": "Be brief."}, user("hello there, friend")],
-                    temperature=0.4, max_tokens=50, seed=1)
+    request = build(
+        [{"role": "system", "content": "Be brief."}, user("hello there, friend")],
+        temperature=0.4,
+        max_tokens=50,
+        seed=1,
+    )
     status, raw, _ = await call(fake, request)
     assert status == 200
     plain = gemini.translate_response(json.loads(raw), "alias")
@@ -362,8 +550,12 @@ async def test_plain_and_streamed_answers_agree(fake: FakeGemini) -> None:
 
 
 async def test_candidates_limits_and_json_schema(fake: FakeGemini) -> None:
-    request = build([user("a b c d e f")], n=2, max_tokens=3, response_format={
-        "type": "json_schema", "json_schema": {"name": "w", "schema": SCHEMA}})
+    request = build(
+        [user("a b c d e f")],
+        n=2,
+        max_tokens=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": SCHEMA}},
+    )
     status, raw, _ = await call(fake, request)
     assert status == 200
     choices = gemini.translate_response(json.loads(raw), "alias")["choices"]
@@ -385,8 +577,10 @@ async def test_tool_call_round_trip(fake: FakeGemini, model: str) -> None:
     assert ("extra_content" in tool_call) == (model == PRO3)
     streamed, _ = assemble((await call(fake, request, model, stream=True))[2])
     assert streamed["choices"][0]["finish_reason"] == "tool_calls"
-    messages += [choice["message"], {"role": "tool", "tool_call_id": tool_call["id"],
-                                     "content": "21C"}]
+    messages += [
+        choice["message"],
+        {"role": "tool", "tool_call_id": tool_call["id"], "content": "21C"},
+    ]
     status, raw, _ = await call(fake, build(messages, model, tools=[WEATHER]), model)
     assert status == 200
     final = gemini.translate_response(json.loads(raw), "alias")["choices"][0]
@@ -416,8 +610,12 @@ async def test_filtered_blocked_and_cut_streams(fake: FakeGemini) -> None:
     fake.finish_reason = "SAFETY"
     _, raw, _ = await call(fake, build([user("hi")]))
     choice = gemini.translate_response(json.loads(raw), "alias")["choices"][0]
-    assert choice == {"index": 0, "message": {"role": "assistant", "content": ""},
-                      "logprobs": None, "finish_reason": "content_filter"}
+    assert choice == {
+        "index": 0,
+        "message": {"role": "assistant", "content": ""},
+        "logprobs": None,
+        "finish_reason": "content_filter",
+    }
     fake.finish_reason, fake.block_prompt = None, "PROHIBITED_CONTENT"
     streamed, finished = assemble((await call(fake, build([user("hi")]), stream=True))[2])
     assert finished and streamed["choices"][0]["finish_reason"] == "content_filter"
@@ -438,8 +636,9 @@ def _bad(body: dict[str, Any], change: str) -> None:
     elif change == "unknown field":
         body["generationConfig"] = {"max_tokens": 5}
     elif change == "orphan response":
-        body["contents"].append({"role": "user", "parts": [
-            {"functionResponse": {"name": "f", "response": {}}}]})
+        body["contents"].append(
+            {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {}}}]}
+        )
     elif change == "openapi parameters":  # why build_request sends parametersJsonSchema
         body["tools"] = [{"functionDeclarations": [{"name": "f", "parameters": SCHEMA}]}]
     elif change == "bad function name":
@@ -448,15 +647,22 @@ def _bad(body: dict[str, Any], change: str) -> None:
         body.pop("contents")
 
 
-@pytest.mark.parametrize(("change", "fragment"), [
-    ("assistant role", "valid role"), ("empty parts", "must not be empty"),
-    ("empty text", "oneof field 'data'"), ("unknown field", 'Unknown name "max_tokens"'),
-    ("orphan response", "immediately after a function call turn"),
-    ("openapi parameters", 'Unknown name "additionalProperties"'),
-    ("bad function name", "Invalid function name"), ("no contents", "contents is not specified"),
-])
-async def test_the_fake_rejects_malformed_bodies(fake: FakeGemini, change: str,
-                                                 fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ("assistant role", "valid role"),
+        ("empty parts", "must not be empty"),
+        ("empty text", "oneof field 'data'"),
+        ("unknown field", 'Unknown name "max_tokens"'),
+        ("orphan response", "immediately after a function call turn"),
+        ("openapi parameters", 'Unknown name "additionalProperties"'),
+        ("bad function name", "Invalid function name"),
+        ("no contents", "contents is not specified"),
+    ],
+)
+async def test_the_fake_rejects_malformed_bodies(
+    fake: FakeGemini, change: str, fragment: str
+) -> None:
     body = build([user("hello")])
     _bad(body, change)
     status, raw, _ = await call(fake, body)

@@ -19,8 +19,11 @@ from kallm.cli.app import app
 from tests.harness import Http, Proxy, Upstream
 
 MODEL = "gpt-4o-mini"
-PROMPTS = ["What is the capital of France?", "How do I reverse a list in Python?",
-           "Explain photosynthesis in one sentence."]
+PROMPTS = [
+    "What is the capital of France?",
+    "How do I reverse a list in Python?",
+    "Explain photosynthesis in one sentence.",
+]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:
@@ -40,8 +43,7 @@ def write(tmp_path: Path, name: str, lines: list[Any]) -> str:
 
 def ask(proxy: Proxy, messages: list[dict[str, str]], **params: Any) -> Any:
     sdk = openai.OpenAI(base_url=proxy.url, api_key="sk-client", max_retries=0)
-    return sdk.chat.completions.with_raw_response.create(model=MODEL, messages=messages,
-                                                         **params)
+    return sdk.chat.completions.with_raw_response.create(model=MODEL, messages=messages, **params)
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -49,7 +51,8 @@ def user(text: str) -> list[dict[str, str]]:
 
 
 def test_text_file_through_a_running_proxy_then_a_rerun_is_free(
-        proxy: Proxy, upstream: Upstream, tmp_path: Path) -> None:
+    proxy: Proxy, upstream: Upstream, tmp_path: Path
+) -> None:
     file = write(tmp_path, "prompts.txt", ["# greetings", PROMPTS[0], "", *PROMPTS[1:]])
     first = run(file, "--url", proxy.root, "--model", MODEL, "--json")
     assert first.exit_code == 0, first.output
@@ -64,13 +67,16 @@ def test_text_file_through_a_running_proxy_then_a_rerun_is_free(
 
 
 def test_jsonl_chat_requests_with_a_system_prompt_become_sdk_hits(
-        proxy: Proxy, upstream: Upstream, tmp_path: Path) -> None:
+    proxy: Proxy, upstream: Upstream, tmp_path: Path
+) -> None:
     system = {"role": "system", "content": "You answer like a pirate."}
-    lines = [{"model": MODEL, "temperature": 0, "messages": [system, *user(p)]}
-             for p in PROMPTS[:2]]
+    lines = [
+        {"model": MODEL, "temperature": 0, "messages": [system, *user(p)]} for p in PROMPTS[:2]
+    ]
     lines.append({"messages": user(PROMPTS[2]), "stream": True})  # model from --model
-    result = run(write(tmp_path, "chats.jsonl", lines), "--url", proxy.root, "-m", MODEL,
-                 "--json", "-c", "2")
+    result = run(
+        write(tmp_path, "chats.jsonl", lines), "--url", proxy.root, "-m", MODEL, "--json", "-c", "2"
+    )
     assert result.exit_code == 0, result.output
     assert summary(result)["added"] == 3
     hit = ask(proxy, [system, *user(PROMPTS[0])], temperature=0)
@@ -82,13 +88,18 @@ def test_jsonl_chat_requests_with_a_system_prompt_become_sdk_hits(
 
 
 def test_pairs_are_imported_without_calling_any_model(
-        make_proxy: Callable[..., Proxy], upstream: Upstream, tmp_path: Path) -> None:
+    make_proxy: Callable[..., Proxy], upstream: Upstream, tmp_path: Path
+) -> None:
     proxy = make_proxy(admin_key="adm", db_path=None)  # imports need no key database
     completion = {"choices": [{"message": {"role": "assistant", "content": "Use reversed()."}}]}
-    file = write(tmp_path, "pairs.jsonl", [
-        {"model": MODEL, "prompt": PROMPTS[0], "response": "Paris, of course."},
-        {"model": MODEL, "messages": user(PROMPTS[1]), "response": completion},
-    ])
+    file = write(
+        tmp_path,
+        "pairs.jsonl",
+        [
+            {"model": MODEL, "prompt": PROMPTS[0], "response": "Paris, of course."},
+            {"model": MODEL, "messages": user(PROMPTS[1]), "response": completion},
+        ],
+    )
     missing = run(file, "--url", proxy.root)
     assert missing.exit_code == 2 and "--admin-key" in missing.output
     wrong = run(file, "--url", proxy.root, "--admin-key", "nope", "--json")
@@ -107,9 +118,17 @@ def test_pairs_are_imported_without_calling_any_model(
 
 
 def test_bad_lines_are_reported_by_number_and_the_good_ones_still_run(
-        proxy: Proxy, upstream: Upstream, tmp_path: Path) -> None:
-    lines = [PROMPTS[0], "{not json", '{"messages": "hi"}', '{"temperature": 1}', '{"prompt": 5}',
-             PROMPTS[1], *(["{"] * 8)]
+    proxy: Proxy, upstream: Upstream, tmp_path: Path
+) -> None:
+    lines = [
+        PROMPTS[0],
+        "{not json",
+        '{"messages": "hi"}',
+        '{"temperature": 1}',
+        '{"prompt": 5}',
+        PROMPTS[1],
+        *(["{"] * 8),
+    ]
     result = run(write(tmp_path, "mixed.txt", lines), "--url", proxy.root, "-m", MODEL)
     assert result.exit_code == 1
     out = result.output
@@ -120,10 +139,12 @@ def test_bad_lines_are_reported_by_number_and_the_good_ones_still_run(
 
 
 def test_an_upstream_error_fails_one_line_and_the_run_goes_on(
-        proxy: Proxy, upstream: Upstream, tmp_path: Path) -> None:
+    proxy: Proxy, upstream: Upstream, tmp_path: Path
+) -> None:
     upstream.fake.fail_status, upstream.fake.fail_times = 400, 1
-    result = run(write(tmp_path, "p.txt", PROMPTS), "--url", proxy.root, "-m", MODEL,
-                 "-c", "1", "--json")
+    result = run(
+        write(tmp_path, "p.txt", PROMPTS), "--url", proxy.root, "-m", MODEL, "-c", "1", "--json"
+    )
     assert result.exit_code == 1
     counts = summary(result)
     assert (counts["failed"], counts["added"]) == (1, 2)
@@ -131,11 +152,19 @@ def test_an_upstream_error_fails_one_line_and_the_run_goes_on(
 
 
 def test_dry_run_sends_nothing_and_prices_what_it_would_send(
-        upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", upstream.url)
     monkeypatch.setenv("KALLM_CACHE_FILE", str(tmp_path / "never.kallm"))
-    file = write(tmp_path, "p.jsonl", [*PROMPTS, {"prompt": "hi", "response": "hello"},
-                                       {"messages": user("long"), "max_tokens": 4000}])
+    file = write(
+        tmp_path,
+        "p.jsonl",
+        [
+            *PROMPTS,
+            {"prompt": "hi", "response": "hello"},
+            {"messages": user("long"), "max_tokens": 4000},
+        ],
+    )
     result = run(file, "-m", MODEL, "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     plan = summary(result)
@@ -145,8 +174,11 @@ def test_dry_run_sends_nothing_and_prices_what_it_would_send(
 
 
 def test_in_process_mode_writes_a_cache_file_a_new_proxy_serves(
-        make_proxy: Callable[..., Proxy], upstream: Upstream, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    make_proxy: Callable[..., Proxy],
+    upstream: Upstream,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     cache = tmp_path / "warm.kallm"
     monkeypatch.setenv("OPENAI_BASE_URL", upstream.url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-upstream")
@@ -164,12 +196,15 @@ def test_in_process_mode_writes_a_cache_file_a_new_proxy_serves(
     assert upstream.fake.chat_calls == 2
 
 
-@pytest.mark.parametrize(("args", "says"), [
-    (["missing.txt", "-m", MODEL], "no such file"),
-    (["{file}"], "pass --model"),
-    (["{file}", "-m", MODEL, "--url", "http://127.0.0.1:9"], "cannot reach kallm"),
-    (["{file}", "-m", MODEL, "--format", "yaml"], "--format"),
-])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["missing.txt", "-m", MODEL], "no such file"),
+        (["{file}"], "pass --model"),
+        (["{file}", "-m", MODEL, "--url", "http://127.0.0.1:9"], "cannot reach kallm"),
+        (["{file}", "-m", MODEL, "--format", "yaml"], "--format"),
+    ],
+)
 def test_bad_usage_is_one_line_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
     file = write(tmp_path, "p.txt", PROMPTS)
     result = run(*[a.format(file=file) for a in args])
@@ -177,8 +212,7 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path: Path, args: list[str], says:
     assert says in result.output and "Traceback" not in result.output
 
 
-def test_admin_endpoint_guard_and_per_entry_results(
-        make_proxy: Callable[..., Proxy]) -> None:
+def test_admin_endpoint_guard_and_per_entry_results(make_proxy: Callable[..., Proxy]) -> None:
     entry = {"request": {"model": MODEL, "messages": user("hi")}, "response": "hello"}
     off = Http(make_proxy().root).post("/admin/cache/entries", {"entries": [entry]})
     assert off.status == 403
@@ -186,10 +220,18 @@ def test_admin_endpoint_guard_and_per_entry_results(
     assert http.post("/admin/cache/entries", {"entries": [entry]}).status == 401
     auth = {"Authorization": "Bearer adm"}
     assert http.post("/admin/cache/entries", {"entries": 1}, headers=auth).status == 400
-    reply = http.post("/admin/cache/entries", {"entries": [
-        entry, entry, {"request": {"model": MODEL}, "response": "x"},
-        {"request": entry["request"] | {"messages": user("yo")}, "response": 42},
-    ]}, headers=auth)
+    reply = http.post(
+        "/admin/cache/entries",
+        {
+            "entries": [
+                entry,
+                entry,
+                {"request": {"model": MODEL}, "response": "x"},
+                {"request": entry["request"] | {"messages": user("yo")}, "response": 42},
+            ]
+        },
+        headers=auth,
+    )
     assert reply.status == 200
     body = reply.json()
     assert (body["imported"], body["cached"], body["failed"]) == (1, 1, 2)

@@ -94,8 +94,10 @@ def cmd_render(rendered: str, outdir: str) -> None:
         by_kind.setdefault(doc["kind"], []).append(doc)
     deployments = by_kind.get("Deployment", [])
     services = by_kind.get("Service", [])
-    if not (p.check(len(deployments) == 1, f"{len(deployments)} Deployments, expected 1")
-            and p.check(len(services) == 1, f"{len(services)} Services, expected 1")):
+    if not (
+        p.check(len(deployments) == 1, f"{len(deployments)} Deployments, expected 1")
+        and p.check(len(services) == 1, f"{len(services)} Services, expected 1")
+    ):
         p.finish("")
     dep, svc = deployments[0], services[0]
     _check_deployment(p, dep, by_kind)
@@ -120,8 +122,9 @@ def _check_deployment(p: Problems, dep: dict, by_kind: dict[str, list[dict]]) ->
     p.check(spec.get("replicas") == 1, f"replicas is {spec.get('replicas')}, must be 1")
     p.check(spec.get("strategy", {}).get("type") == "Recreate", "strategy must be Recreate")
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    p.check(grace >= MIN_GRACE_SECONDS,
-            f"terminationGracePeriodSeconds {grace} < {MIN_GRACE_SECONDS}")
+    p.check(
+        grace >= MIN_GRACE_SECONDS, f"terminationGracePeriodSeconds {grace} < {MIN_GRACE_SECONDS}"
+    )
 
     env = {e["name"]: e for e in c.get("env", [])}
     for name, value in REQUIRED_ENV.items():
@@ -148,27 +151,34 @@ def _check_deployment(p: Problems, dep: dict, by_kind: dict[str, list[dict]]) ->
         claim = data["persistentVolumeClaim"]["claimName"]
         pvcs = {d["metadata"]["name"] for d in by_kind.get("PersistentVolumeClaim", [])}
         if claim in pvcs:
-            pvc = next(d for d in by_kind["PersistentVolumeClaim"]
-                       if d["metadata"]["name"] == claim)
+            pvc = next(
+                d for d in by_kind["PersistentVolumeClaim"] if d["metadata"]["name"] == claim
+            )
             p.check(pvc["spec"].get("accessModes"), "PVC has no accessModes")
     config = mounts.get("/etc/kallm/kallm.toml")
     if p.check(config, "/etc/kallm/kallm.toml is not mounted"):
         cm_name = volumes.get(config["name"], {}).get("configMap", {}).get("name")
         cms = {d["metadata"]["name"]: d for d in by_kind.get("ConfigMap", [])}
-        p.check(cm_name in cms and config.get("subPath") in cms[cm_name].get("data", {}),
-                "kallm.toml mount does not point at a rendered ConfigMap key")
+        p.check(
+            cm_name in cms and config.get("subPath") in cms[cm_name].get("data", {}),
+            "kallm.toml mount does not point at a rendered ConfigMap key",
+        )
     keys_dir = env.get("KALLM_KEYS_DIR", {}).get("value")
     keys = mounts.get(keys_dir)
     if p.check(keys, f"KALLM_KEYS_DIR {keys_dir!r} is not a mounted directory"):
-        p.check(keys.get("readOnly") and not keys.get("subPath"),
-                "the virtual keys directory must be a read-only mount without subPath")
+        p.check(
+            keys.get("readOnly") and not keys.get("subPath"),
+            "the virtual keys directory must be a read-only mount without subPath",
+        )
 
     ports = {port.get("name"): port for port in c.get("ports", [])}
     p.check(ports.get("http", {}).get("containerPort") == 8080, "container port http/8080")
     for kind in ("livenessProbe", "readinessProbe"):
         get = c.get(kind, {}).get("httpGet", {})
-        p.check(get.get("path") == "/health" and get.get("port") in ("http", 8080),
-                f"{kind} must GET /health on the http port")
+        p.check(
+            get.get("path") == "/health" and get.get("port") in ("http", 8080),
+            f"{kind} must GET /health on the http port",
+        )
     res = c.get("resources", {})
     p.check(res.get("requests") and res.get("limits"), "resources need requests and limits")
 
@@ -176,41 +186,64 @@ def _check_deployment(p: Problems, dep: dict, by_kind: dict[str, list[dict]]) ->
     for source in c.get("envFrom", []):
         name = source.get("secretRef", {}).get("name")
         for key in secrets.get(name, {}).get("data", {}):
-            p.check(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key),
-                    f"Secret {name} key {key!r} is not an environment variable name")
+            p.check(
+                re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key),
+                f"Secret {name} key {key!r} is not an environment variable name",
+            )
     for e in c.get("env", []):
         ref = e.get("valueFrom", {}).get("secretKeyRef")
         if ref and ref["name"] in secrets:
-            p.check(ref["key"] in secrets[ref["name"]].get("data", {}),
-                    f"env {e['name']}: key {ref['key']} not in Secret {ref['name']}")
+            p.check(
+                ref["key"] in secrets[ref["name"]].get("data", {}),
+                f"env {e['name']}: key {ref['key']} not in Secret {ref['name']}",
+            )
 
 
 def _check_service(p: Problems, svc: dict, dep: dict) -> None:
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
     selector = svc["spec"].get("selector", {})
-    p.check(selector and selector.items() <= pod_labels.items(),
-            "Service selector does not select the kallm pod")
-    p.check(selector.items() <= dep["spec"]["selector"]["matchLabels"].items(),
-            "Service selector differs from the Deployment selector")
+    p.check(
+        selector and selector.items() <= pod_labels.items(),
+        "Service selector does not select the kallm pod",
+    )
+    p.check(
+        selector.items() <= dep["spec"]["selector"]["matchLabels"].items(),
+        "Service selector differs from the Deployment selector",
+    )
     container_ports = {port.get("name") for port in _container(dep).get("ports", [])}
     for port in svc["spec"]["ports"]:
         target = port.get("targetPort")
-        p.check(target in container_ports or target == 8080,
-                f"Service port {port.get('name')} targets {target}, not a container port")
+        p.check(
+            target in container_ports or target == 8080,
+            f"Service port {port.get('name')} targets {target}, not a container port",
+        )
 
 
 def _check_service_monitor(p: Problems, sm: dict, svc: dict) -> None:
     spec = sm.get("spec", {})
-    known = {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels",
-             "podTargetLabels", "sampleLimit", "targetLimit", "attachMetadata"}
+    known = {
+        "selector",
+        "endpoints",
+        "namespaceSelector",
+        "jobLabel",
+        "targetLabels",
+        "podTargetLabels",
+        "sampleLimit",
+        "targetLimit",
+        "attachMetadata",
+    }
     p.check(set(spec) <= known, f"ServiceMonitor: unknown spec fields {set(spec) - known}")
     match = spec.get("selector", {}).get("matchLabels", {})
-    p.check(match and match.items() <= svc["metadata"].get("labels", {}).items(),
-            "ServiceMonitor selector does not match the Service's labels")
+    p.check(
+        match and match.items() <= svc["metadata"].get("labels", {}).items(),
+        "ServiceMonitor selector does not match the Service's labels",
+    )
     names = spec.get("namespaceSelector", {}).get("matchNames")
     svc_ns = svc["metadata"].get("namespace")
-    p.check(names is None or svc_ns in names,
-            f"ServiceMonitor namespaceSelector {names} misses the Service namespace {svc_ns}")
+    p.check(
+        names is None or svc_ns in names,
+        f"ServiceMonitor namespaceSelector {names} misses the Service namespace {svc_ns}",
+    )
     svc_ports = {port.get("name") for port in svc["spec"]["ports"]}
     endpoints = spec.get("endpoints") or []
     p.check(endpoints, "ServiceMonitor has no endpoints")
@@ -277,8 +310,11 @@ def cmd_kallm_config(path: str) -> None:
             p.check(provider.api_key, f"provider {provider.name}: {provider.api_key_env} unused")
     from_file = sorted(f for f, src in loaded.sources.items() if src.startswith("file"))
     providers = [prov.name for prov in getattr(s, "providers", ())]
-    p.finish(f"accepted by kallm (from kallm.toml: {', '.join(from_file) or 'nothing'}"
-             + (f"; providers {', '.join(providers)}" if providers else "") + ")")
+    p.finish(
+        f"accepted by kallm (from kallm.toml: {', '.join(from_file) or 'nothing'}"
+        + (f"; providers {', '.join(providers)}" if providers else "")
+        + ")"
+    )
 
 
 # -- compose ----------------------------------------------------------------------------
@@ -293,28 +329,39 @@ def cmd_compose(path: str) -> None:
     if not p.check(svc, "no kallm service"):
         p.finish("")
     p.check(svc.get("build") or svc.get("image"), "kallm: neither build nor image")
-    p.check(any(str(port).endswith(":8080") or str(port) == "8080"
-                for port in svc.get("ports", [])), "kallm: port 8080 not published")
+    p.check(
+        any(str(port).endswith(":8080") or str(port) == "8080" for port in svc.get("ports", [])),
+        "kallm: port 8080 not published",
+    )
     env_files = svc.get("env_file", [])
     env_files = [env_files] if isinstance(env_files, str | dict) else env_files
-    p.check(any((f if isinstance(f, str) else f.get("path")) == ".env" for f in env_files),
-            "kallm: env_file .env missing")
+    p.check(
+        any((f if isinstance(f, str) else f.get("path")) == ".env" for f in env_files),
+        "kallm: env_file .env missing",
+    )
     env = svc.get("environment", {})
     p.check(env.get("KALLM_HOST") == "0.0.0.0", "kallm: KALLM_HOST must be 0.0.0.0")
     for name in ("KALLM_CACHE_FILE", "KALLM_DB"):
         p.check(str(env.get(name, "")).startswith("/data/"), f"kallm: {name} must be in /data")
     named = set((doc.get("volumes") or {}).keys())
-    data = [str(v).split(":")[0] for v in svc.get("volumes", [])
-            if str(v).split(":")[1:2] == ["/data"]]
+    data = [
+        str(v).split(":")[0] for v in svc.get("volumes", []) if str(v).split(":")[1:2] == ["/data"]
+    ]
     p.check(data and data[0] in named, "kallm: /data must be a named volume")
     hc = svc.get("healthcheck", {})
-    p.check(hc.get("test") and "/health" in " ".join(map(str, hc["test"])),
-            "kallm: healthcheck must probe /health")
+    p.check(
+        hc.get("test") and "/health" in " ".join(map(str, hc["test"])),
+        "kallm: healthcheck must probe /health",
+    )
     grace = str(svc.get("stop_grace_period", "10s"))
-    p.check(_DURATION.match(grace) and _seconds(grace) >= MIN_GRACE_SECONDS,
-            f"kallm: stop_grace_period {grace} < {MIN_GRACE_SECONDS}s")
-    p.finish("kallm service: port 8080, .env, named /data volume, healthcheck, "
-             f"stop_grace_period {grace}")
+    p.check(
+        _DURATION.match(grace) and _seconds(grace) >= MIN_GRACE_SECONDS,
+        f"kallm: stop_grace_period {grace} < {MIN_GRACE_SECONDS}s",
+    )
+    p.finish(
+        "kallm service: port 8080, .env, named /data volume, healthcheck, "
+        f"stop_grace_period {grace}"
+    )
 
 
 # -- wheel ------------------------------------------------------------------------------
@@ -326,21 +373,28 @@ def cmd_wheel(wheel: str, root: str) -> None:
     pkg = Path(root) / "kallm"
     wanted = sorted(
         f.relative_to(root).as_posix()
-        for d in (pkg / "embed" / "data", pkg / "data") for f in d.rglob("*")
+        for d in (pkg / "embed" / "data", pkg / "data")
+        for f in d.rglob("*")
         if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
     )
     for name in wanted:
         p.check(name in names, f"missing package data {name}")
     p.check("kallm/cli/app.py" in names, "missing kallm/cli/app.py")
     entry = next((n for n in names if n.endswith(".dist-info/entry_points.txt")), None)
-    p.check(entry and "kallm = kallm.cli.app:main" in zipfile.ZipFile(wheel).read(entry).decode(),
-            "no `kallm` console script")
+    p.check(
+        entry and "kallm = kallm.cli.app:main" in zipfile.ZipFile(wheel).read(entry).decode(),
+        "no `kallm` console script",
+    )
     p.finish(f"{len(names)} files, all {len(wanted)} package data files, `kallm` script")
 
 
 def main(argv: list[str]) -> None:
-    commands = {"render": (cmd_render, 2), "kallm-config": (cmd_kallm_config, 1),
-                "compose": (cmd_compose, 1), "wheel": (cmd_wheel, 2)}
+    commands = {
+        "render": (cmd_render, 2),
+        "kallm-config": (cmd_kallm_config, 1),
+        "compose": (cmd_compose, 1),
+        "wheel": (cmd_wheel, 2),
+    }
     if not argv or argv[0] not in commands or len(argv) - 1 != commands[argv[0]][1]:
         sys.exit(__doc__)
     func, _ = commands[argv[0]]

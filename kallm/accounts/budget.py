@@ -77,7 +77,8 @@ class MemoryLedger:
             if not (fits or last_one):
                 raise BudgetExceeded(
                     f"This key has used ${account.spend:.4f} of its ${key.budget_usd:.4f} "
-                    "budget" + (" for this period" if key.budget_period else "") + ".")
+                    "budget" + (" for this period" if key.budget_period else "") + "."
+                )
         reservation = Reservation(next(self._ids), key.id, amount)
         account.reserved[reservation.id] = amount
         return reservation

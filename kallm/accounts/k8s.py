@@ -36,8 +36,11 @@ def yaml_str(text: str) -> str:
     """A YAML double-quoted scalar: JSON's escapes, and every character outside printable
     ASCII escaped too, so no YAML reader can take it for a line break or reject it."""
     quoted = json.dumps(text, ensure_ascii=False)
-    return re.sub(r"[^\x20-\x7e]", lambda m: f"\\u{ord(m[0]):04x}" if ord(m[0]) <= 0xFFFF
-                  else f"\\U{ord(m[0]):08x}", quoted)
+    return re.sub(
+        r"[^\x20-\x7e]",
+        lambda m: f"\\u{ord(m[0]):04x}" if ord(m[0]) <= 0xFFFF else f"\\U{ord(m[0]):08x}",
+        quoted,
+    )
 
 
 def secret_name(record: KeyRecord) -> str:
@@ -54,20 +57,30 @@ def check_labels(labels: dict[str, str]) -> None:
     """Kubernetes' rules for label names and values; a RequestError naming the bad one."""
     for key, value in labels.items():
         prefix, _, name = key.rpartition("/")
-        if (not _LABEL_NAME.fullmatch(name) or (prefix and not (
-                len(prefix) <= 253 and _DNS_SUBDOMAIN.fullmatch(prefix)))):
-            raise RequestError(f"--label {key!r}: not a Kubernetes label name (letters, "
-                               "digits, -_. up to 63, optionally prefix/)")
+        if not _LABEL_NAME.fullmatch(name) or (
+            prefix and not (len(prefix) <= 253 and _DNS_SUBDOMAIN.fullmatch(prefix))
+        ):
+            raise RequestError(
+                f"--label {key!r}: not a Kubernetes label name (letters, "
+                "digits, -_. up to 63, optionally prefix/)"
+            )
         if value and not _LABEL_NAME.fullmatch(value):
-            raise RequestError(f"--label {key}={value!r}: not a Kubernetes label value "
-                               "(letters, digits, -_. up to 63)")
+            raise RequestError(
+                f"--label {key}={value!r}: not a Kubernetes label value "
+                "(letters, digits, -_. up to 63)"
+            )
 
 
 def k8s_secret(record: KeyRecord, namespace: str, labels: dict[str, str]) -> str:
     """A Secret whose one file, ``<key id>.json``, is what ``--keys-dir`` loads."""
-    lines = ["apiVersion: v1", "kind: Secret", "metadata:",
-             f"  name: {yaml_str(secret_name(record))}", f"  namespace: {yaml_str(namespace)}",
-             "  labels:"]
+    lines = [
+        "apiVersion: v1",
+        "kind: Secret",
+        "metadata:",
+        f"  name: {yaml_str(secret_name(record))}",
+        f"  namespace: {yaml_str(namespace)}",
+        "  labels:",
+    ]
     lines += [f"    {yaml_str(k)}: {yaml_str(v)}" for k, v in {**labels, **BASE_LABELS}.items()]
     body = json.dumps(record_for_secret(record), sort_keys=True)
     lines += ["type: Opaque", "stringData:", f"  {yaml_str(record.id + '.json')}: {yaml_str(body)}"]

@@ -71,9 +71,26 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-_COLUMNS = ("id", "name", "prefix", "hash", "created", "period_start", "expires", "revoked",
-            "last_used", "budget_usd", "budget_period", "spend_usd", "saved_usd", "rpm", "tpm",
-            "models", "metadata", "namespace")
+_COLUMNS = (
+    "id",
+    "name",
+    "prefix",
+    "hash",
+    "created",
+    "period_start",
+    "expires",
+    "revoked",
+    "last_used",
+    "budget_usd",
+    "budget_period",
+    "spend_usd",
+    "saved_usd",
+    "rpm",
+    "tpm",
+    "models",
+    "metadata",
+    "namespace",
+)
 
 
 def record_from_row(row: sqlite3.Row | dict[str, Any]) -> KeyRecord:
@@ -99,8 +116,19 @@ def _row(record: KeyRecord) -> tuple[Any, ...]:
     return tuple(values[name] for name in _COLUMNS)
 
 
-EDITABLE = frozenset({"budget_usd", "budget_period", "rpm", "tpm", "models", "expires",
-                      "metadata", "namespace", "name"})
+EDITABLE = frozenset(
+    {
+        "budget_usd",
+        "budget_period",
+        "rpm",
+        "tpm",
+        "models",
+        "expires",
+        "metadata",
+        "namespace",
+        "name",
+    }
+)
 
 
 class KeyStore:
@@ -113,9 +141,15 @@ class KeyStore:
         """A new key; returns the record and the secret, which is never stored."""
         secret = new_secret()
         now = time.time()
-        record = KeyRecord(id="key_" + secrets.token_hex(8), name=name,
-                           prefix=secret[:SHOWN_PREFIX], hash=hash_secret(secret), created=now,
-                           period_start=now, **_checked(policy))
+        record = KeyRecord(
+            id="key_" + secrets.token_hex(8),
+            name=name,
+            prefix=secret[:SHOWN_PREFIX],
+            hash=hash_secret(secret),
+            created=now,
+            period_start=now,
+            **_checked(policy),
+        )
         self.put(record)
         return record, secret
 
@@ -123,15 +157,20 @@ class KeyStore:
         placeholders = ", ".join("?" for _ in _COLUMNS)
         try:
             with self.conn:
-                self.conn.execute(f"INSERT INTO keys ({', '.join(_COLUMNS)}) VALUES "
-                                  f"({placeholders})", _row(record))
+                self.conn.execute(
+                    f"INSERT INTO keys ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
+                    _row(record),
+                )
         except sqlite3.IntegrityError:
             raise KeyConflict(f"a key named {record.name!r} already exists") from None
 
     def upsert_policy(self, record: KeyRecord) -> None:
         """Insert a key from a mounted Secret, or update its policy; spend stays as counted."""
-        names = [c for c in _COLUMNS if c not in ("spend_usd", "saved_usd", "last_used",
-                                                  "period_start", "revoked")]
+        names = [
+            c
+            for c in _COLUMNS
+            if c not in ("spend_usd", "saved_usd", "last_used", "period_start", "revoked")
+        ]
         values = dict(zip(_COLUMNS, _row(record), strict=True))
         updates = ", ".join(f"{c} = excluded.{c}" for c in names if c != "id")
         # a revocation made here outlives the Secret file, which still says "not revoked"
@@ -140,7 +179,8 @@ class KeyStore:
             self.conn.execute(
                 f"INSERT INTO keys ({', '.join(_COLUMNS)}) VALUES "
                 f"({', '.join('?' for _ in _COLUMNS)}) ON CONFLICT(id) DO UPDATE SET {updates}",
-                tuple(values[c] for c in _COLUMNS))
+                tuple(values[c] for c in _COLUMNS),
+            )
 
     def list(self) -> list[KeyRecord]:
         rows = self.conn.execute("SELECT * FROM keys ORDER BY created").fetchall()
@@ -149,8 +189,8 @@ class KeyStore:
     def get(self, ref: str) -> KeyRecord:
         """By id, name or the shown prefix."""
         row = self.conn.execute(
-            "SELECT * FROM keys WHERE id = ? OR name = ? OR prefix = ? LIMIT 2",
-            (ref, ref, ref)).fetchall()
+            "SELECT * FROM keys WHERE id = ? OR name = ? OR prefix = ? LIMIT 2", (ref, ref, ref)
+        ).fetchall()
         if len(row) != 1:
             raise KeyNotFound(f"no key {ref!r}" if not row else f"{ref!r} matches several keys")
         return record_from_row(row[0])
@@ -183,8 +223,10 @@ class KeyStore:
         values = dict(zip(_COLUMNS, _row(record), strict=True))
         try:
             with self.conn:
-                self.conn.execute(f"UPDATE keys SET {', '.join(f'{c} = ?' for c in names)} "
-                                  "WHERE id = ?", (*[values[c] for c in names], record.id))
+                self.conn.execute(
+                    f"UPDATE keys SET {', '.join(f'{c} = ?' for c in names)} WHERE id = ?",
+                    (*[values[c] for c in names], record.id),
+                )
         except sqlite3.IntegrityError:
             raise KeyConflict(f"a key named {record.name!r} already exists") from None
 
@@ -196,9 +238,16 @@ def _checked(policy: dict[str, Any]) -> dict[str, Any]:
         name = sorted(unknown)[0]
         raise RequestError(f"unknown key setting {name!r}", param=name)
     kinds: dict[str, tuple[type, ...]] = {
-        "budget_usd": (int, float), "budget_period": (int, float), "expires": (int, float),
-        "rpm": (int,), "tpm": (int,), "models": (list, tuple), "metadata": (dict,),
-        "namespace": (str,), "name": (str,)}
+        "budget_usd": (int, float),
+        "budget_period": (int, float),
+        "expires": (int, float),
+        "rpm": (int,),
+        "tpm": (int,),
+        "models": (list, tuple),
+        "metadata": (dict,),
+        "namespace": (str,),
+        "name": (str,),
+    }
     for name, value in policy.items():
         if value is None:
             continue

@@ -41,8 +41,9 @@ class Usage:
             return cls()
         details = usage.get("prompt_tokens_details") or {}
         cached = details.get("cached_tokens", 0) if isinstance(details, Mapping) else 0
-        return cls(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
-                   _int(cached))
+        return cls(
+            _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")), _int(cached)
+        )
 
 
 def _int(value: Any) -> int:
@@ -64,23 +65,34 @@ def parse_price_overrides(document: Mapping[str, Any], origin: str) -> dict[str,
         raise ConfigError(f"{origin}: [prices.MODEL] tables expected")
     overrides = {}
     for model, table in raw.items():
-        if not isinstance(table, Mapping) or not {"input", "output"} <= set(table) or not all(
-            isinstance(table.get(k, 0), int | float) and table.get(k, 0) >= 0
-            for k in ("input", "cached_input", "output")
+        if (
+            not isinstance(table, Mapping)
+            or not {"input", "output"} <= set(table)
+            or not all(
+                isinstance(table.get(k, 0), int | float) and table.get(k, 0) >= 0
+                for k in ("input", "cached_input", "output")
+            )
         ):
-            raise ConfigError(f"{origin}: [prices.{model!r}] needs input and output (and "
-                              "optionally cached_input) in USD per million tokens, >= 0")
-        overrides[str(model)] = Price(float(table["input"]),
-                                      float(table.get("cached_input", table["input"])),
-                                      float(table["output"]))
+            raise ConfigError(
+                f"{origin}: [prices.{model!r}] needs input and output (and "
+                "optionally cached_input) in USD per million tokens, >= 0"
+            )
+        overrides[str(model)] = Price(
+            float(table["input"]),
+            float(table.get("cached_input", table["input"])),
+            float(table["output"]),
+        )
     return overrides
 
 
 class PriceTable:
     """Looks a model up exactly, then by the longest listed prefix; kallm.toml overrides win."""
 
-    def __init__(self, prices: Mapping[str, Price] | None = None,
-                 overrides: Mapping[str, Price] | None = None):
+    def __init__(
+        self,
+        prices: Mapping[str, Price] | None = None,
+        overrides: Mapping[str, Price] | None = None,
+    ):
         self._prices = dict(shipped_prices() if prices is None else prices)
         self._prices.update(overrides or {})
         self._by_length = sorted(self._prices, key=len, reverse=True)

@@ -60,8 +60,12 @@ class MemoryRateLimits:
         while tokens and tokens[0][0] <= now - WINDOW:
             tokens.popleft()
         used_tokens = sum(n for _, n in tokens)
-        state = RateState(key.rpm, None if key.rpm is None else key.rpm - len(requests),
-                          key.tpm, None if key.tpm is None else key.tpm - used_tokens)
+        state = RateState(
+            key.rpm,
+            None if key.rpm is None else key.rpm - len(requests),
+            key.tpm,
+            None if key.tpm is None else key.tpm - used_tokens,
+        )
         if key.rpm is not None and len(requests) >= key.rpm:
             return _refused(state, requests[0] + WINDOW - now, "requests per minute")
         if key.tpm is not None and used_tokens >= key.tpm:
@@ -77,5 +81,11 @@ class MemoryRateLimits:
 
 
 def _refused(state: RateState, retry_after: float, reason: str) -> RateState:
-    return RateState(state.limit_requests, state.remaining_requests, state.limit_tokens,
-                     state.remaining_tokens, max(retry_after, 0.0), reason)
+    return RateState(
+        state.limit_requests,
+        state.remaining_requests,
+        state.limit_tokens,
+        state.remaining_tokens,
+        max(retry_after, 0.0),
+        reason,
+    )

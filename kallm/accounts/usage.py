@@ -36,8 +36,9 @@ def _with_rate(row: sqlite3.Row) -> dict[str, Any]:
 
 def totals(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
     """Requests, hits, misses, hit rate, errors, tokens, spend and savings since ``since``."""
-    row = conn.execute(f"SELECT {_MEASURES} FROM requests r WHERE r.time >= ? AND {_API}",
-                       (since,)).fetchone()
+    row = conn.execute(
+        f"SELECT {_MEASURES} FROM requests r WHERE r.time >= ? AND {_API}", (since,)
+    ).fetchone()
     return _with_rate(row)
 
 
@@ -47,7 +48,9 @@ def by_key(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
     rows = conn.execute(
         f"SELECT r.key_id AS key_id, k.name AS name, {_MEASURES} FROM requests r "
         f"LEFT JOIN keys k ON k.id = r.key_id WHERE r.time >= ? AND {_API} "
-        "GROUP BY r.key_id ORDER BY spend_usd DESC, requests DESC, r.key_id", (since,))
+        "GROUP BY r.key_id ORDER BY spend_usd DESC, requests DESC, r.key_id",
+        (since,),
+    )
     return [_with_rate(row) for row in rows]
 
 
@@ -55,7 +58,9 @@ def by_model(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
     """The measures per requested model (the name the client used), most spend first."""
     rows = conn.execute(
         f"SELECT r.model AS model, {_MEASURES} FROM requests r WHERE r.time >= ? AND {_API} "
-        "GROUP BY r.model ORDER BY spend_usd DESC, requests DESC, r.model", (since,))
+        "GROUP BY r.model ORDER BY spend_usd DESC, requests DESC, r.model",
+        (since,),
+    )
     return [_with_rate(row) for row in rows]
 
 
@@ -66,5 +71,7 @@ def recent(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
         "r.provider, r.status, r.cache, r.similarity, r.latency_ms, r.prompt_tokens, "
         "r.completion_tokens, r.cost_usd, r.saved_usd FROM requests r "
         f"LEFT JOIN keys k ON k.id = r.key_id WHERE {_API} "
-        "ORDER BY r.time DESC, r.id DESC LIMIT ?", (max(0, limit),))
+        "ORDER BY r.time DESC, r.id DESC LIMIT ?",
+        (max(0, limit),),
+    )
     return [dict(row) for row in rows]

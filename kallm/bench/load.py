@@ -46,9 +46,15 @@ class Sample:
     first_error: str | None = None
 
 
-async def drive(session: aiohttp.ClientSession, url: str, bodies: Sequence[bytes],
-                concurrency: int, headers: Mapping[str, str], deadline: float,
-                tick: Tick | None = None) -> Sample:
+async def drive(
+    session: aiohttp.ClientSession,
+    url: str,
+    bodies: Sequence[bytes],
+    concurrency: int,
+    headers: Mapping[str, str],
+    deadline: float,
+    tick: Tick | None = None,
+) -> Sample:
     """Send every body once from ``concurrency`` workers; each request timed end to end."""
     sample = Sample()
     indices: Iterator[int] = iter(range(len(bodies)))  # shared: each body is sent once
@@ -84,9 +90,15 @@ async def drive(session: aiohttp.ClientSession, url: str, bodies: Sequence[bytes
     return sample
 
 
-async def run_batch(url: str, warmup: Sequence[bytes], measured: Sequence[bytes],
-                    concurrency: int, headers: Mapping[str, str], time_limit: float,
-                    tick: Tick | None = None) -> Sample:
+async def run_batch(
+    url: str,
+    warmup: Sequence[bytes],
+    measured: Sequence[bytes],
+    concurrency: int,
+    headers: Mapping[str, str],
+    time_limit: float,
+    tick: Tick | None = None,
+) -> Sample:
     """Warm connections and code paths, then measure; one connection pool of ``concurrency``."""
     deadline = time.monotonic() + time_limit
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -140,19 +152,30 @@ class Cell:
         errors = sum(s.errors for s in self.rounds)
         first_error = next((s.first_error for s in self.rounds if s.first_error), None)
         if not latencies:
-            return {"name": self.name, "concurrency": self.concurrency, "requests": 0,
-                    "skipped": True, "errors": errors, "first_error": first_error}
+            return {
+                "name": self.name,
+                "concurrency": self.concurrency,
+                "requests": 0,
+                "skipped": True,
+                "errors": errors,
+                "first_error": first_error,
+            }
         p50 = self.p(50)
         result: dict[str, Any] = {
-            "name": self.name, "concurrency": self.concurrency, "requests": len(latencies),
+            "name": self.name,
+            "concurrency": self.concurrency,
+            "requests": len(latencies),
             "rps": round(self.rps, 1),
             **{f"p{q}_ms": rounded(self.p(q)) for q in PERCENTILES},
             "mean_ms": rounded(sum(latencies) / len(latencies) * 1000),
-            "p50_ms_by_round": [rounded(percentile_ms(s.latencies, 50))
-                                for s in self.rounds if s.latencies],
-            "errors": errors, "first_error": first_error,
+            "p50_ms_by_round": [
+                rounded(percentile_ms(s.latencies, 50)) for s in self.rounds if s.latencies
+            ],
+            "errors": errors,
+            "first_error": first_error,
             "truncated": any(s.truncated for s in self.rounds),
-            "cache_headers": dict(self.cache), "unexpected_cache_header": self.unexpected,
+            "cache_headers": dict(self.cache),
+            "unexpected_cache_header": self.unexpected,
             "similarity": summary([x for s in self.rounds for x in s.similarities]),
         }
         if direct_p50_ms is not None and self.name != "direct":
@@ -195,8 +218,9 @@ class Schedule:
         return sum(self.rounds * (self.warmup + self.measured(c)) for c in self.concurrency)
 
     def total_requests(self, targets: int) -> int:
-        return targets * sum(self.rounds * (self.warmup + self.measured(c))
-                             for c in self.concurrency)
+        return targets * sum(
+            self.rounds * (self.warmup + self.measured(c)) for c in self.concurrency
+        )
 
 
 def cycle(bodies: Sequence[bytes], start: int, count: int) -> list[bytes]:
@@ -204,9 +228,13 @@ def cycle(bodies: Sequence[bytes], start: int, count: int) -> list[bytes]:
     return [bodies[(start + i) % len(bodies)] for i in range(count)] if bodies else []
 
 
-async def run_cells(targets: Sequence[Target], bodies: Mapping[str, Sequence[bytes]],
-                    schedule: Schedule, tick: Tick | None = None,
-                    note: Callable[[str], None] | None = None) -> list[Cell]:
+async def run_cells(
+    targets: Sequence[Target],
+    bodies: Mapping[str, Sequence[bytes]],
+    schedule: Schedule,
+    tick: Tick | None = None,
+    note: Callable[[str], None] | None = None,
+) -> list[Cell]:
     """Every target at every concurrency level, round by round, the order rotated per round."""
     cells: list[Cell] = []
     miss_cursor = hit_cursor = 0
@@ -218,24 +246,41 @@ async def run_cells(targets: Sequence[Target], bodies: Mapping[str, Sequence[byt
             misses = bodies["miss"]
             work: dict[str, tuple[list[bytes], list[bytes]]] = {
                 # every miss target sends the very same (never cached) bodies this round
-                "miss": (list(misses[miss_cursor:miss_cursor + warmup]),
-                         list(misses[miss_cursor + warmup:miss_cursor + warmup + measured])),
+                "miss": (
+                    list(misses[miss_cursor : miss_cursor + warmup]),
+                    list(misses[miss_cursor + warmup : miss_cursor + warmup + measured]),
+                ),
             }
             for source in ("exact", "paraphrase"):
-                work[source] = (cycle(bodies[source], hit_cursor, warmup),
-                                cycle(bodies[source], hit_cursor + warmup, measured))
+                work[source] = (
+                    cycle(bodies[source], hit_cursor, warmup),
+                    cycle(bodies[source], hit_cursor + warmup, measured),
+                )
             miss_cursor += warmup + measured
             hit_cursor += warmup + measured
             shift = round_no % len(row)
-            for target, cell in list(zip(targets, row, strict=True))[shift:] + \
-                    list(zip(targets, row, strict=True))[:shift]:
+            for target, cell in (
+                list(zip(targets, row, strict=True))[shift:]
+                + list(zip(targets, row, strict=True))[:shift]
+            ):
                 warm_bodies, measured_bodies = work[target.source]
                 if not measured_bodies:  # nothing usable to send (reported as skipped)
                     continue
-                cell.rounds.append(await run_batch(
-                    target.url + "/chat/completions", warm_bodies, measured_bodies,
-                    concurrency, target.headers, schedule.round_seconds, tick))
+                cell.rounds.append(
+                    await run_batch(
+                        target.url + "/chat/completions",
+                        warm_bodies,
+                        measured_bodies,
+                        concurrency,
+                        target.headers,
+                        schedule.round_seconds,
+                        tick,
+                    )
+                )
             if note is not None:
-                note(f"c={concurrency} round {round_no + 1}/{schedule.rounds}: "
-                     + ", ".join(f"{c.name} {c.last_p50():.2f}" for c in row) + " ms p50")
+                note(
+                    f"c={concurrency} round {round_no + 1}/{schedule.rounds}: "
+                    + ", ".join(f"{c.name} {c.last_p50():.2f}" for c in row)
+                    + " ms p50"
+                )
     return cells

@@ -29,9 +29,14 @@ HIT_CANDIDATES = 2000  # cached prompts the hit cells cycle through
 PROBE_SECONDS = 120.0
 
 
-async def pick_misses(prompts: Sequence[Prompt], stored: np.ndarray, needed: int,
-                      embedder: Embedder, threshold: float,
-                      model: str = MODEL) -> tuple[list[str], int]:
+async def pick_misses(
+    prompts: Sequence[Prompt],
+    stored: np.ndarray,
+    needed: int,
+    embedder: Embedder,
+    threshold: float,
+    model: str = MODEL,
+) -> tuple[list[str], int]:
     """``needed`` prompts that kallm will really miss, and how many candidates were left out.
 
     A miss prompt is two unrelated cached-style questions asked together (users do
@@ -45,22 +50,29 @@ async def pick_misses(prompts: Sequence[Prompt], stored: np.ndarray, needed: int
     tried = 0
     batch = 512
     for offset in range(0, len(prompts) - 1, 2 * batch):
-        pairs = prompts[offset:offset + 2 * batch]
-        texts = [f"{a.text} Also, {b.text[0].lower()}{b.text[1:]}"
-                 for a, b in zip(pairs[::2], pairs[1::2], strict=False)]
+        pairs = prompts[offset : offset + 2 * batch]
+        texts = [
+            f"{a.text} Also, {b.text[0].lower()}{b.text[1:]}"
+            for a, b in zip(pairs[::2], pairs[1::2], strict=False)
+        ]
         vectors = await embed_keys(embedder, keys_of(texts, model))
-        near_cache = (vectors @ stored.T).max(axis=1) >= threshold if len(stored) else \
-            np.zeros(len(texts), dtype=bool)
+        near_cache = (
+            (vectors @ stored.T).max(axis=1) >= threshold
+            if len(stored)
+            else np.zeros(len(texts), dtype=bool)
+        )
         for text, vector, near in zip(texts, vectors, near_cache, strict=True):
             tried += 1
-            if near or (kept and (kept_vectors[:len(kept)] @ vector).max() >= threshold):
+            if near or (kept and (kept_vectors[: len(kept)] @ vector).max() >= threshold):
                 continue
             kept_vectors[len(kept)] = vector
             kept.append(text)
             if len(kept) == needed:
                 return kept, tried - needed
-    raise RuntimeError(f"only {len(kept)} of {tried} candidate prompts would miss; "
-                       f"{needed} are needed (use fewer --requests or rounds)")
+    raise RuntimeError(
+        f"only {len(kept)} of {tried} candidate prompts would miss; "
+        f"{needed} are needed (use fewer --requests or rounds)"
+    )
 
 
 @dataclass
@@ -83,18 +95,29 @@ class Plan:
 
     def bodies(self) -> dict[str, list[bytes]]:
         """Bodies by ``Target.source``."""
-        return {"miss": self.miss_bodies, "exact": self.exact_bodies,
-                "paraphrase": self.paraphrase_bodies}
+        return {
+            "miss": self.miss_bodies,
+            "exact": self.exact_bodies,
+            "paraphrase": self.paraphrase_bodies,
+        }
 
 
-async def make_plan(prompts: list[Prompt], vectors: np.ndarray, entries: int, misses_needed: int,
-                    embedder: Embedder, threshold: float, model: str = MODEL) -> Plan:
+async def make_plan(
+    prompts: list[Prompt],
+    vectors: np.ndarray,
+    entries: int,
+    misses_needed: int,
+    embedder: Embedder,
+    threshold: float,
+    model: str = MODEL,
+) -> Plan:
     """Exact hits are cached prompts; paraphrase candidates are their second wordings
     that are not themselves cached (else they would be exact hits) and score above the
     threshold against the cache here, with the same embedder kallm uses."""
     stored_vectors = vectors[:entries]
-    miss_texts, screened_out = await pick_misses(prompts[entries:], stored_vectors,
-                                                 misses_needed, embedder, threshold, model)
+    miss_texts, screened_out = await pick_misses(
+        prompts[entries:], stored_vectors, misses_needed, embedder, threshold, model
+    )
     # Spread hits over the whole cache (stride coprime to its size) so LRU order is stirred.
     stride = next(s for s in (7919, 7907, 7901, 1) if entries % s)
     chosen = [(i * stride) % entries for i in range(min(entries, HIT_CANDIDATES))]
@@ -119,14 +142,19 @@ async def make_plan(prompts: list[Prompt], vectors: np.ndarray, entries: int, mi
         exact_bodies=exact,
         paraphrase_bodies=[encoded_request(texts[j], model) for j in usable],
         paraphrase_threshold=header,
-        paraphrase_scores={"share_above_default": round(float((scores >= threshold).mean()), 3)
-                           if len(scores) else None, **summary(scores)},
+        paraphrase_scores={
+            "share_above_default": round(float((scores >= threshold).mean()), 3)
+            if len(scores)
+            else None,
+            **summary(scores),
+        },
         misses_screened_out=screened_out,
     )
 
 
-async def probe_paraphrases(plan: Plan, kallm_url: str, headers: Mapping[str, str],
-                            limit: int) -> None:
+async def probe_paraphrases(
+    plan: Plan, kallm_url: str, headers: Mapping[str, str], limit: int
+) -> None:
     """Keep the paraphrases kallm really answers from the cache, asking it with no-store.
 
     Scoring above the threshold is not enough: the hit guard may refuse a
@@ -150,8 +178,9 @@ async def probe_paraphrases(plan: Plan, kallm_url: str, headers: Mapping[str, st
             if time.monotonic() > deadline:
                 return
             try:
-                async with session.post(kallm_url + "/chat/completions", data=body,
-                                        headers=probe_headers) as response:
+                async with session.post(
+                    kallm_url + "/chat/completions", data=body, headers=probe_headers
+                ) as response:
                     text = await response.read()
                     verdict = response.headers.get(CACHE_HEADER, "-")
                     similarity = response.headers.get(SIMILARITY_HEADER)
@@ -172,6 +201,10 @@ async def probe_paraphrases(plan: Plan, kallm_url: str, headers: Mapping[str, st
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await asyncio.gather(*(worker(session) for _ in range(4)))
-    plan.paraphrase_probe = {"probed": len(candidates), **outcome, "first_error": first_error,
-                             "similarity": summary(similarities)}
+    plan.paraphrase_probe = {
+        "probed": len(candidates),
+        **outcome,
+        "first_error": first_error,
+        "similarity": summary(similarities),
+    }
     plan.paraphrase_bodies = kept

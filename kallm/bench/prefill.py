@@ -45,13 +45,29 @@ async def embed_keys(embedder: Embedder, keys: Sequence[CacheKey]) -> np.ndarray
     return await embed_texts(embedder, [k.text or "" for k in keys])
 
 
-def make_entries(keys: Sequence[CacheKey], vectors: np.ndarray, texts: Sequence[str],
-                 model: str = MODEL, now: float | None = None) -> list[Entry]:
+def make_entries(
+    keys: Sequence[CacheKey],
+    vectors: np.ndarray,
+    texts: Sequence[str],
+    model: str = MODEL,
+    now: float | None = None,
+) -> list[Entry]:
     """Cache entries for these prompts, each answered the way the simulated upstream would."""
     now = time.time() if now is None else now
-    return [Entry(key.scope, key.exact, key.text, vectors[i], completion_body(text, i, model),
-                  now, now + TTL, cost_usd=COST_USD, tokens=TOKENS)
-            for i, (key, text) in enumerate(zip(keys, texts, strict=True))]
+    return [
+        Entry(
+            key.scope,
+            key.exact,
+            key.text,
+            vectors[i],
+            completion_body(text, i, model),
+            now,
+            now + TTL,
+            cost_usd=COST_USD,
+            tokens=TOKENS,
+        )
+        for i, (key, text) in enumerate(zip(keys, texts, strict=True))
+    ]
 
 
 def fill(backend: MemoryBackend, entries: Sequence[Entry]) -> None:

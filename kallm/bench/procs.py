@@ -65,9 +65,16 @@ def hermetic_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**env, **(extra or {})}
 
 
-async def start(name: str, args_for_port: Sequence[str], log_dir: Path, *,
-                ready_path: str, env: Mapping[str, str] | None = None,
-                cwd: Path | None = None, timeout: float = START_TIMEOUT) -> Child:
+async def start(
+    name: str,
+    args_for_port: Sequence[str],
+    log_dir: Path,
+    *,
+    ready_path: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = START_TIMEOUT,
+) -> Child:
     """Run ``python <args>`` (``{port}`` in the args is replaced by a free port) until it answers.
 
     Output goes to ``<log_dir>/<name>.log``; a process that exits before answering
@@ -81,8 +88,14 @@ async def start(name: str, args_for_port: Sequence[str], log_dir: Path, *,
         args = [a.replace("{port}", str(port)) for a in args_for_port]
         with log.open("ab") as sink:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, *args, stdout=sink, stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL, env=dict(env or hermetic_env()), cwd=cwd)
+                sys.executable,
+                *args,
+                stdout=sink,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=dict(env or hermetic_env()),
+                cwd=cwd,
+            )
         child = Child(name, process, f"http://127.0.0.1:{port}", log)
         try:
             if await _answers(child, ready_path, timeout):

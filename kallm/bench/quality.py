@@ -75,8 +75,9 @@ def _label(value: Any, where: str) -> bool:
         return True
     if text in _FALSE_LABELS:
         return False
-    raise PairsError(f"{where}: label {value!r} is neither duplicate (1, must_hit) "
-                     "nor not (0, must_not_hit)")
+    raise PairsError(
+        f"{where}: label {value!r} is neither duplicate (1, must_hit) nor not (0, must_not_hit)"
+    )
 
 
 def read_pairs(path: Path) -> list[Pair]:
@@ -114,18 +115,20 @@ def parse_thresholds(spec: str) -> list[float]:
         else:
             values = sorted({round(float(x), 6) for x in spec.split(",") if x.strip()})
     except ValueError:
-        raise ValueError(f"thresholds {spec!r}: expected start:stop:step such as "
-                         f"{DEFAULT_THRESHOLDS}, or a list such as 0.9,0.95") from None
+        raise ValueError(
+            f"thresholds {spec!r}: expected start:stop:step such as "
+            f"{DEFAULT_THRESHOLDS}, or a list such as 0.9,0.95"
+        ) from None
     if not values or not all(0.0 < v <= 1.0 for v in values):
         raise ValueError(f"thresholds {spec!r}: every threshold must be in (0, 1]")
     return values
 
 
-async def judge(pairs: list[Pair], embedder: Embedder, lowest: float,
-                guard: bool) -> list[Outcome]:
+async def judge(pairs: list[Pair], embedder: Embedder, lowest: float, guard: bool) -> list[Outcome]:
     """Store every ``a``, then look up every ``b``, each pair in its own namespace."""
-    cache = SemanticCache(MemoryBackend(len(pairs) + 1), embedder, threshold=lowest,
-                          ttl=1e12, guard=hit_guard)
+    cache = SemanticCache(
+        MemoryBackend(len(pairs) + 1), embedder, threshold=lowest, ttl=1e12, guard=hit_guard
+    )
 
     def request(text: str) -> dict[str, Any]:
         return {"model": MODEL, "messages": [{"role": "user", "content": text}]}
@@ -136,8 +139,12 @@ async def judge(pairs: list[Pair], embedder: Embedder, lowest: float,
     for i, pair in enumerate(pairs):
         found = await cache.lookup(cache_key(request(pair.b), f"pair-{i}"), use_guard=guard)
         refusal = found.refusal
-        outcomes.append(Outcome(found.hit.similarity if found.hit else None,
-                                (refusal.similarity, refusal.reason) if refusal else None))
+        outcomes.append(
+            Outcome(
+                found.hit.similarity if found.hit else None,
+                (refusal.similarity, refusal.reason) if refusal else None,
+            )
+        )
     return outcomes
 
 
@@ -153,12 +160,18 @@ def score(pairs: list[Pair], outcomes: list[Outcome], threshold: float) -> dict[
             if outcome.refused is not None and outcome.refused[0] >= threshold:
                 refused_dup += pair.duplicate
                 refused_other += not pair.duplicate
-    return {"threshold": threshold, "hits": tp + fp,
-            "precision": round(tp / (tp + fp), 4) if tp + fp else None,
-            "recall": round(tp / (tp + fn), 4) if tp + fn else None,
-            "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-            "guard_refused_duplicates": refused_dup,
-            "guard_refused_non_duplicates": refused_other}
+    return {
+        "threshold": threshold,
+        "hits": tp + fp,
+        "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+        "recall": round(tp / (tp + fn), 4) if tp + fn else None,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "guard_refused_duplicates": refused_dup,
+        "guard_refused_non_duplicates": refused_other,
+    }
 
 
 def recommend(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
@@ -167,8 +180,13 @@ def recommend(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | Non
     return min(good, key=lambda r: r["threshold"]) if good else None
 
 
-async def evaluate(path: Path, embedder_name: str = "local", thresholds: list[float] | None = None,
-                   guard: bool = True, target: float = DEFAULT_TARGET) -> dict[str, Any]:
+async def evaluate(
+    path: Path,
+    embedder_name: str = "local",
+    thresholds: list[float] | None = None,
+    guard: bool = True,
+    target: float = DEFAULT_TARGET,
+) -> dict[str, Any]:
     """The whole ``kallm bench quality`` result, JSON-ready."""
     embedder = local_embedder(embedder_name)
     if embedder is None:
@@ -181,20 +199,31 @@ async def evaluate(path: Path, embedder_name: str = "local", thresholds: list[fl
     default = embedder.default_threshold
     wrong = []
     if best is not None:
-        wrong = [{"a": p.a, "b": p.b, "similarity": round(o.served or 0.0, 4)}
-                 for p, o in zip(pairs, outcomes, strict=True)
-                 if not p.duplicate and o.served is not None and o.served >= best["threshold"]]
+        wrong = [
+            {"a": p.a, "b": p.b, "similarity": round(o.served or 0.0, 4)}
+            for p, o in zip(pairs, outcomes, strict=True)
+            if not p.duplicate and o.served is not None and o.served >= best["threshold"]
+        ]
     return {
-        "pairs_file": str(path), "pairs": len(pairs),
-        "duplicates": sum(p.duplicate for p in pairs), "embedder": embedder.name,
-        "embedder_default_threshold": default, "guard": guard, "target_precision": target,
+        "pairs_file": str(path),
+        "pairs": len(pairs),
+        "duplicates": sum(p.duplicate for p in pairs),
+        "embedder": embedder.name,
+        "embedder_default_threshold": default,
+        "guard": guard,
+        "target_precision": target,
         "thresholds": rows,
         "at_default_threshold": score(pairs, outcomes, default),
-        "recommended": None if best is None else {
-            "threshold": best["threshold"], "precision": best["precision"],
-            "recall": best["recall"], "setting": "cache.similarity_threshold",
+        "recommended": None
+        if best is None
+        else {
+            "threshold": best["threshold"],
+            "precision": best["precision"],
+            "recall": best["recall"],
+            "setting": "cache.similarity_threshold",
             "lowest_tried": best["threshold"] == rows[0]["threshold"],
-            "env": f"KALLM_SIMILARITY_THRESHOLD={best['threshold']:g}"},
+            "env": f"KALLM_SIMILARITY_THRESHOLD={best['threshold']:g}",
+        },
         "wrong_hits_at_recommended": sorted(wrong, key=lambda w: -w["similarity"])[:EXAMPLES],
     }
 
@@ -203,42 +232,73 @@ def print_quality(result: dict[str, Any], console: Console) -> None:
     """Precision and recall per threshold, the recommended row marked, then the verdict."""
     best = result["recommended"]
     guard = "guard on" if result["guard"] else "guard off"
-    table = Table(title=f"cache quality — {result['pairs']:,} pairs "
-                        f"({result['duplicates']:,} duplicates) from {result['pairs_file']}, "
-                        f"{result['embedder']} embedder, {guard}")
-    for column in ("threshold", "hits", "precision", "recall", "wrong hits", "missed dups",
-                   "guard refused (dup / not)"):
+    table = Table(
+        title=f"cache quality — {result['pairs']:,} pairs "
+        f"({result['duplicates']:,} duplicates) from {result['pairs_file']}, "
+        f"{result['embedder']} embedder, {guard}"
+    )
+    for column in (
+        "threshold",
+        "hits",
+        "precision",
+        "recall",
+        "wrong hits",
+        "missed dups",
+        "guard refused (dup / not)",
+    ):
         table.add_column(column, justify="right")
     for row in result["thresholds"]:
         chosen = best is not None and row["threshold"] == best["threshold"]
         default = row["threshold"] == result["embedder_default_threshold"]
         mark = " ◀ recommended" if chosen else (" (default)" if default else "")
-        table.add_row(f"{row['threshold']:.2f}{mark}", f"{row['hits']:,}",
-                      _share(row["precision"]), _share(row["recall"]), f"{row['fp']:,}",
-                      f"{row['fn']:,}", f"{row['guard_refused_duplicates']:,} / "
-                      f"{row['guard_refused_non_duplicates']:,}",
-                      style="bold green" if chosen else None)
+        table.add_row(
+            f"{row['threshold']:.2f}{mark}",
+            f"{row['hits']:,}",
+            _share(row["precision"]),
+            _share(row["recall"]),
+            f"{row['fp']:,}",
+            f"{row['fn']:,}",
+            f"{row['guard_refused_duplicates']:,} / {row['guard_refused_non_duplicates']:,}",
+            style="bold green" if chosen else None,
+        )
     console.print(table)
     at_default = result["at_default_threshold"]
-    console.print(f"embedder default {result['embedder_default_threshold']}: precision "
-                  f"{_share(at_default['precision'])}, recall {_share(at_default['recall'])}")
+    console.print(
+        f"embedder default {result['embedder_default_threshold']}: precision "
+        f"{_share(at_default['precision'])}, recall {_share(at_default['recall'])}"
+    )
     if best is None:
-        top = max((r for r in result["thresholds"] if r["precision"] is not None),
-                  key=lambda r: r["precision"], default=None)
-        console.print(f"[bold red]no threshold reached precision {result['target_precision']}"
-                      "[/]" + (f"; the best was {_share(top['precision'])} at "
-                               f"{top['threshold']}" if top else "; nothing was a hit"))
+        top = max(
+            (r for r in result["thresholds"] if r["precision"] is not None),
+            key=lambda r: r["precision"],
+            default=None,
+        )
+        console.print(
+            f"[bold red]no threshold reached precision {result['target_precision']}"
+            "[/]"
+            + (
+                f"; the best was {_share(top['precision'])} at {top['threshold']}"
+                if top
+                else "; nothing was a hit"
+            )
+        )
         return
     console.print(
         f"[bold]recommended: cache.similarity_threshold = {best['threshold']:g}[/] — the lowest "
         f"threshold with precision ≥ {result['target_precision']} ({_share(best['precision'])}, "
         f"recall {_share(best['recall'])}, {guard}). Set it in kallm.toml \\[cache], or "
-        f"{best['env']}, or kallm serve --threshold {best['threshold']:g}.", highlight=False)
-    console.print("[dim]pairs are judged one at a time; in a full cache a question meets many "
-                  "neighbours, so precision there is lower at the same threshold[/]")
+        f"{best['env']}, or kallm serve --threshold {best['threshold']:g}.",
+        highlight=False,
+    )
+    console.print(
+        "[dim]pairs are judged one at a time; in a full cache a question meets many "
+        "neighbours, so precision there is lower at the same threshold[/]"
+    )
     if best["threshold"] == result["thresholds"][0]["threshold"]:
-        console.print("[yellow]that is the lowest threshold tried; lower ones may reach the "
-                      "target too (widen --thresholds)[/]")
+        console.print(
+            "[yellow]that is the lowest threshold tried; lower ones may reach the "
+            "target too (widen --thresholds)[/]"
+        )
 
 
 def _share(value: float | None) -> str:

@@ -26,10 +26,22 @@ from kallm.bench.stats import rounded
 HIT_CELLS = ("kallm exact hit", "kallm paraphrase hit")
 
 
-def build_report(cells: list[Cell], plan: Plan, kallm_stats: dict[str, Any], *, embedder: str,
-                 threshold: float | None, entries: int, upstream: dict[str, Any], model: str,
-                 schedule: Schedule, duration: float, log_dir: Path,
-                 kallm_env: dict[str, str], seconds: float) -> dict[str, Any]:
+def build_report(
+    cells: list[Cell],
+    plan: Plan,
+    kallm_stats: dict[str, Any],
+    *,
+    embedder: str,
+    threshold: float | None,
+    entries: int,
+    upstream: dict[str, Any],
+    model: str,
+    schedule: Schedule,
+    duration: float,
+    log_dir: Path,
+    kallm_env: dict[str, str],
+    seconds: float,
+) -> dict[str, Any]:
     """Every cell with its latency compared to the direct call at the same concurrency."""
     direct = {c.concurrency: c.p(50) for c in cells if c.name == "direct" and c.latencies}
     cell_rows = [c.to_json(direct.get(c.concurrency)) for c in cells]
@@ -37,8 +49,10 @@ def build_report(cells: list[Cell], plan: Plan, kallm_stats: dict[str, Any], *, 
     summary: dict[str, dict[str, Any]] = {}
     for level in schedule.concurrency:
         base = direct.get(level)
-        row: dict[str, Any] = {"direct_p50_ms": rounded(base),
-                               "direct_rps": _rps(by.get(("direct", level)))}
+        row: dict[str, Any] = {
+            "direct_p50_ms": rounded(base),
+            "direct_rps": _rps(by.get(("direct", level))),
+        }
         miss = by.get(("kallm miss", level))
         if miss is not None and miss.latencies and base is not None:
             row["miss_added_p50_ms"] = rounded(miss.p(50) - base)
@@ -54,24 +68,35 @@ def build_report(cells: list[Cell], plan: Plan, kallm_stats: dict[str, Any], *, 
         summary[str(level)] = row
     return {
         "meta": {
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kallm": __version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "aiohttp": aiohttp.__version__, "numpy": np.__version__,
-            "embedder": embedder, "threshold": threshold, "entries": entries,
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "kallm": __version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "aiohttp": aiohttp.__version__,
+            "numpy": np.__version__,
+            "embedder": embedder,
+            "threshold": threshold,
+            "entries": entries,
             "entries_after_run": kallm_stats.get("total_entries"),
-            "upstream": upstream, "model": model,
-            "concurrency": schedule.concurrency, "rounds": schedule.rounds,
+            "upstream": upstream,
+            "model": model,
+            "concurrency": schedule.concurrency,
+            "rounds": schedule.rounds,
             "warmup_per_round": schedule.warmup,
-            "requests_per_cell": {str(c): schedule.measured(c) * schedule.rounds
-                                  for c in schedule.concurrency},
-            "duration_cap_per_cell_s": duration, "kallm_env": kallm_env,
+            "requests_per_cell": {
+                str(c): schedule.measured(c) * schedule.rounds for c in schedule.concurrency
+            },
+            "duration_cap_per_cell_s": duration,
+            "kallm_env": kallm_env,
             "paraphrase_threshold_header": plan.paraphrase_threshold,
             "paraphrase_scores_vs_cache": plan.paraphrase_scores,
             "paraphrase_probe": plan.paraphrase_probe,
             "miss_prompts_screened_out": plan.misses_screened_out,
-            "server_logs": str(log_dir), "seconds": round(seconds, 1),
+            "server_logs": str(log_dir),
+            "seconds": round(seconds, 1),
             "note": "the load generator, the upstream and kallm share this machine's cores; "
-                    "each runs in its own process",
+            "each runs in its own process",
         },
         "cells": cell_rows,
         "summary": summary,
@@ -87,12 +112,26 @@ def print_report(result: dict[str, Any], console: Console) -> None:
     """The cells as a table, grouped by concurrency, then what to read them with."""
     meta = result["meta"]
     upstream = meta["upstream"]
-    where = (f"simulated upstream ({upstream['latency_ms']:g} ms)"
-             if upstream["kind"] == "simulated" else upstream["url"])
-    table = Table(title=f"kallm bench — {where}, {meta['embedder']} embedder, "
-                        f"{meta['entries']:,} entries cached, {meta['cpus']} CPUs shared")
-    for column in ("cell", "c", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms",
-                   "p50 vs direct", "cache"):
+    where = (
+        f"simulated upstream ({upstream['latency_ms']:g} ms)"
+        if upstream["kind"] == "simulated"
+        else upstream["url"]
+    )
+    table = Table(
+        title=f"kallm bench — {where}, {meta['embedder']} embedder, "
+        f"{meta['entries']:,} entries cached, {meta['cpus']} CPUs shared"
+    )
+    for column in (
+        "cell",
+        "c",
+        "requests",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p50 vs direct",
+        "cache",
+    ):
         table.add_column(column, justify="left" if column in ("cell", "cache") else "right")
     last = None
     for cell in result["cells"]:
@@ -100,30 +139,55 @@ def print_report(result: dict[str, Any], console: Console) -> None:
             table.add_section()
         last = cell["concurrency"]
         if cell.get("skipped"):
-            table.add_row(cell["name"], str(cell["concurrency"]), "0", "", "", "", "", "",
-                          "[red]skipped: nothing to send[/]"
-                          + (f" ({cell['first_error']})" if cell.get("first_error") else ""))
+            table.add_row(
+                cell["name"],
+                str(cell["concurrency"]),
+                "0",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "[red]skipped: nothing to send[/]"
+                + (f" ({cell['first_error']})" if cell.get("first_error") else ""),
+            )
             continue
-        table.add_row(cell["name"], str(cell["concurrency"]), f"{cell['requests']:,}",
-                      f"{cell['rps']:,.0f}", _ms(cell["p50_ms"]), _ms(cell["p90_ms"]),
-                      _ms(cell["p99_ms"]), _versus(cell), _cache_text(cell))
+        table.add_row(
+            cell["name"],
+            str(cell["concurrency"]),
+            f"{cell['requests']:,}",
+            f"{cell['rps']:,.0f}",
+            _ms(cell["p50_ms"]),
+            _ms(cell["p90_ms"]),
+            _ms(cell["p99_ms"]),
+            _versus(cell),
+            _cache_text(cell),
+        )
     console.print(table)
     notes = [f"threshold {meta['threshold']}"]
     if meta["paraphrase_threshold_header"] is not None:
-        notes.append(f"paraphrase cell sent X-Kallm-Threshold: "
-                     f"{meta['paraphrase_threshold_header']}")
+        notes.append(
+            f"paraphrase cell sent X-Kallm-Threshold: {meta['paraphrase_threshold_header']}"
+        )
     probe = meta["paraphrase_probe"]
     if probe:
-        notes.append(f"{probe.get('hit', 0)} of {probe['probed']} paraphrase candidates were "
-                     "hits in kallm")
-    notes.append(f"{meta['miss_prompts_screened_out']} candidate miss prompts left out: they "
-                 "would have hit a neighbour")
+        notes.append(
+            f"{probe.get('hit', 0)} of {probe['probed']} paraphrase candidates were hits in kallm"
+        )
+    notes.append(
+        f"{meta['miss_prompts_screened_out']} candidate miss prompts left out: they "
+        "would have hit a neighbour"
+    )
     if any(c.get("truncated") for c in result["cells"]):
-        notes.append(f"[yellow]some cells stopped at the {meta['duration_cap_per_cell_s']:g} s "
-                     "--duration cap[/]")
+        notes.append(
+            f"[yellow]some cells stopped at the {meta['duration_cap_per_cell_s']:g} s "
+            "--duration cap[/]"
+        )
     if "other_cpu_seconds" in meta:
-        notes.append(f"CPU used by other processes during the {meta['seconds']} s run: "
-                     f"{meta['other_cpu_seconds']} s")
+        notes.append(
+            f"CPU used by other processes during the {meta['seconds']} s run: "
+            f"{meta['other_cpu_seconds']} s"
+        )
     notes.append(meta["note"])
     console.print("[dim]" + "; ".join(notes) + "[/]")
 

@@ -63,8 +63,9 @@ class RunOptions:
 
     def schedule(self) -> Schedule:
         requests = {c: self.requests or (600 if c == 1 else 2400) for c in self.concurrency}
-        return Schedule(self.concurrency, self.rounds, self.warmup, requests,
-                        self.duration / self.rounds)
+        return Schedule(
+            self.concurrency, self.rounds, self.warmup, requests, self.duration / self.rounds
+        )
 
     @property
     def simulated(self) -> bool:
@@ -102,14 +103,23 @@ class BenchSession:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Content-Type": "application/json",
-                "Authorization": f"Bearer {self.options.api_key}"}
+        return {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {self.options.api_key}",
+        }
 
-    async def spawn(self, name: str, args: Sequence[str], ready_path: str,
-                    env: dict[str, str] | None = None, cwd: Path | None = None) -> procs.Child:
+    async def spawn(
+        self,
+        name: str,
+        args: Sequence[str],
+        ready_path: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> procs.Child:
         """Start a server process that this session will stop (by its PID) on exit."""
-        child = await procs.start(name, args, self.log_dir, ready_path=ready_path,
-                                  env=procs.hermetic_env(env), cwd=cwd)
+        child = await procs.start(
+            name, args, self.log_dir, ready_path=ready_path, env=procs.hermetic_env(env), cwd=cwd
+        )
         self.children.append(child)
         return child
 
@@ -121,21 +131,40 @@ class BenchSession:
         self.embedder = embedder
         upstream: asyncio.Task[procs.Child] | None = None
         if options.simulated:  # starts while the prompts are embedded below
-            upstream = asyncio.create_task(self.spawn(
-                "upstream", ["-m", "kallm.bench.upstream", "--port", "{port}",
-                             "--latency", f"{options.upstream_latency}s"], "/v1/models"))
+            upstream = asyncio.create_task(
+                self.spawn(
+                    "upstream",
+                    [
+                        "-m",
+                        "kallm.bench.upstream",
+                        "--port",
+                        "{port}",
+                        "--latency",
+                        f"{options.upstream_latency}s",
+                    ],
+                    "/v1/models",
+                )
+            )
         try:
-            count = max(options.min_prompts, options.entries
-                        + MISS_CANDIDATES_PER_MISS * self.schedule.misses_needed())
-            console.print(f"embedder [bold]{embedder.name}[/] (dim {embedder.dim}, default "
-                          f"threshold {embedder.default_threshold}); {count:,} prompts, "
-                          f"{options.entries:,} of them cached before the run")
+            count = max(
+                options.min_prompts,
+                options.entries + MISS_CANDIDATES_PER_MISS * self.schedule.misses_needed(),
+            )
+            console.print(
+                f"embedder [bold]{embedder.name}[/] (dim {embedder.dim}, default "
+                f"threshold {embedder.default_threshold}); {count:,} prompts, "
+                f"{options.entries:,} of them cached before the run"
+            )
             self.prompts = corpus(count, options.seed)
             keys = keys_of([p.text for p in self.prompts], options.model)
             self.vectors = await embed_keys(embedder, keys)
             cached = options.entries
-            entries = make_entries(keys[:cached], self.vectors[:cached],
-                                   [p.text for p in self.prompts[:cached]], options.model)
+            entries = make_entries(
+                keys[:cached],
+                self.vectors[:cached],
+                [p.text for p in self.prompts[:cached]],
+                options.model,
+            )
             cache_file = self.log_dir / "cache.kallm"
             write_cache_file(cache_file, entries, embedder.name)
         finally:
@@ -144,30 +173,55 @@ class BenchSession:
         if not options.simulated:
             self.upstream_url = (options.upstream or "").rstrip("/")
         config = self._kallm_config(cache_file)
-        kallm = await self.spawn("kallm", ["-m", "kallm", "serve", "--config", str(config),
-                                           "--port", "{port}"], "/health", env=options.kallm_env)
+        kallm = await self.spawn(
+            "kallm",
+            ["-m", "kallm", "serve", "--config", str(config), "--port", "{port}"],
+            "/health",
+            env=options.kallm_env,
+        )
         self.kallm_url = kallm.root + "/v1"
         self.kallm_info = await self.kallm_stats()
         if self.kallm_info.get("embedder") != embedder.name:
-            raise RuntimeError(f"kallm uses {self.kallm_info.get('embedder')}, this process "
-                               f"{embedder.name}: their vectors would not agree")
+            raise RuntimeError(
+                f"kallm uses {self.kallm_info.get('embedder')}, this process "
+                f"{embedder.name}: their vectors would not agree"
+            )
         if self.kallm_info.get("total_entries") != options.entries:
-            raise RuntimeError(f"kallm loaded {self.kallm_info.get('total_entries')} entries "
-                               f"of {options.entries}; see {kallm.log}")
+            raise RuntimeError(
+                f"kallm loaded {self.kallm_info.get('total_entries')} entries "
+                f"of {options.entries}; see {kallm.log}"
+            )
         threshold = float(self.kallm_info["similarity_threshold"])
-        console.print(f"kallm (pid {kallm.pid}) ready with {options.entries:,} entries; "
-                      f"upstream {self._upstream_label()}")
-        self.plan = await make_plan(self.prompts, self.vectors, options.entries,
-                                    self.schedule.misses_needed(), embedder, threshold,
-                                    options.model)
-        probe_limit = max(50, max(self.schedule.warmup + self.schedule.measured(c)
-                                  for c in self.schedule.concurrency))
+        console.print(
+            f"kallm (pid {kallm.pid}) ready with {options.entries:,} entries; "
+            f"upstream {self._upstream_label()}"
+        )
+        self.plan = await make_plan(
+            self.prompts,
+            self.vectors,
+            options.entries,
+            self.schedule.misses_needed(),
+            embedder,
+            threshold,
+            options.model,
+        )
+        probe_limit = max(
+            50,
+            max(
+                self.schedule.warmup + self.schedule.measured(c) for c in self.schedule.concurrency
+            ),
+        )
         await probe_paraphrases(self.plan, self.kallm_url, self.headers, probe_limit)
         probe = self.plan.paraphrase_probe
-        console.print(f"paraphrase probe: {probe.get('hit', 0)} of {probe['probed']} "
-                      "candidates are hits in kallm"
-                      + (f" (X-Kallm-Threshold {self.plan.paraphrase_threshold})"
-                         if self.plan.paraphrase_threshold is not None else ""))
+        console.print(
+            f"paraphrase probe: {probe.get('hit', 0)} of {probe['probed']} "
+            "candidates are hits in kallm"
+            + (
+                f" (X-Kallm-Threshold {self.plan.paraphrase_threshold})"
+                if self.plan.paraphrase_threshold is not None
+                else ""
+            )
+        )
 
     def _kallm_config(self, cache_file: Path) -> Path:
         """kallm.toml for the measured server: the user's defaults, but its data kept apart.
@@ -180,9 +234,12 @@ class BenchSession:
         document = {
             "server": {"host": "127.0.0.1"},  # the port is a free one, given as a flag
             "upstream": {"base_url": self.upstream_url},
-            "cache": {"file": str(cache_file), "embedding_model": options.embedder,
-                      "max_entries": max(1_000_000, 2 * options.entries),
-                      "snapshot_interval": "0s"},
+            "cache": {
+                "file": str(cache_file),
+                "embedding_model": options.embedder,
+                "max_entries": max(1_000_000, 2 * options.entries),
+                "snapshot_interval": "0s",
+            },
             "log": {"level": "warning"},
             "db": {"path": str(self.log_dir / "kallm.db")},
         }
@@ -192,8 +249,10 @@ class BenchSession:
 
     def _upstream_label(self) -> str:
         if self.options.simulated:
-            return (f"simulated at {self.upstream_url}, "
-                    f"{self.options.upstream_latency * 1000:g} ms per answer")
+            return (
+                f"simulated at {self.upstream_url}, "
+                f"{self.options.upstream_latency * 1000:g} ms per answer"
+            )
         return self.upstream_url
 
     def targets(self) -> list[Target]:
@@ -202,41 +261,66 @@ class BenchSession:
             Target("direct", self.upstream_url, "miss", None, self.headers),
             Target("kallm miss", self.kallm_url, "miss", "MISS", self.headers),
             Target("kallm exact hit", self.kallm_url, "exact", "HIT", self.headers),
-            Target("kallm paraphrase hit", self.kallm_url, "paraphrase", "HIT",
-                   self.plan.paraphrase_headers(self.headers)),
+            Target(
+                "kallm paraphrase hit",
+                self.kallm_url,
+                "paraphrase",
+                "HIT",
+                self.plan.paraphrase_headers(self.headers),
+            ),
         ]
 
     async def measure(self, targets: Sequence[Target] | None = None) -> list[Cell]:
         """Load every target at every concurrency level, with a progress bar."""
         targets = list(targets or self.targets())
         total = self.schedule.total_requests(len(targets))
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=self.console, transient=True) as progress:
             task = progress.add_task("requests", total=total)
             return await run_cells(
-                targets, self.plan.bodies(), self.schedule,
+                targets,
+                self.plan.bodies(),
+                self.schedule,
                 tick=lambda n: progress.advance(task, n),
-                note=lambda line: progress.console.print("  " + line, highlight=False))
+                note=lambda line: progress.console.print("  " + line, highlight=False),
+            )
 
     async def kallm_stats(self) -> dict[str, Any]:
         """kallm's own counters (``GET /stats``): hits, misses, guard refusals, entries."""
         timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as session, \
-                session.get(self.kallm_url.removesuffix("/v1") + "/stats") as response:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(self.kallm_url.removesuffix("/v1") + "/stats") as response,
+        ):
             return dict(await response.json())
 
     def report(self, cells: list[Cell], kallm_stats: dict[str, Any]) -> dict[str, Any]:
         options = self.options
-        upstream = {"kind": "simulated" if options.simulated else "real",
-                    "url": self.upstream_url,
-                    "latency_ms": options.upstream_latency * 1000 if options.simulated else None}
+        upstream = {
+            "kind": "simulated" if options.simulated else "real",
+            "url": self.upstream_url,
+            "latency_ms": options.upstream_latency * 1000 if options.simulated else None,
+        }
         return build_report(
-            cells, self.plan, kallm_stats,
-            embedder=self.embedder.name, threshold=self.kallm_info.get("similarity_threshold"),
-            entries=options.entries, upstream=upstream, model=options.model,
-            schedule=self.schedule, duration=options.duration, log_dir=self.log_dir,
-            kallm_env=options.kallm_env, seconds=time.perf_counter() - self.started)
+            cells,
+            self.plan,
+            kallm_stats,
+            embedder=self.embedder.name,
+            threshold=self.kallm_info.get("similarity_threshold"),
+            entries=options.entries,
+            upstream=upstream,
+            model=options.model,
+            schedule=self.schedule,
+            duration=options.duration,
+            log_dir=self.log_dir,
+            kallm_env=options.kallm_env,
+            seconds=time.perf_counter() - self.started,
+        )
 
     async def _stop(self) -> None:
         """Stop every server started here, by PID, newest first; drop the big data files."""

@@ -34,6 +34,8 @@ def summary(values: Sequence[float], digits: int = 4) -> dict[str, float | None]
     if not len(values):
         return {"min": None, "p50": None, "max": None}
     array = np.asarray(values, dtype=np.float64)
-    return {"min": rounded(float(array.min()), digits),
-            "p50": rounded(float(np.median(array)), digits),
-            "max": rounded(float(array.max()), digits)}
+    return {
+        "min": rounded(float(array.min()), digits),
+        "p50": rounded(float(np.median(array)), digits),
+        "max": rounded(float(array.max()), digits),
+    }

@@ -32,11 +32,13 @@ LATENCY = web.AppKey("latency", float)
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
-def _error(status: int, message: str, param: str | None = None,
-           code: str | None = None) -> web.Response:
+def _error(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> web.Response:
     """OpenAI's error envelope, so clients raise their usual exceptions."""
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": param,
-                      "code": code}}
+    body = {
+        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    }
     return web.json_response(body, status=status)
 
 
@@ -55,13 +57,23 @@ def _usage(messages: list[Any], content: str) -> dict[str, int]:
     """Word counts stand in for tokens: cheap, deterministic, and enough for kallm's accounting."""
     prompt = sum(len(str(m.get("content", "")).split()) for m in messages if isinstance(m, dict))
     completion = len(content.split())
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _event(payload: Any) -> bytes:
-    return b"data: " + (payload if isinstance(payload, bytes) else
-                        json.dumps(payload, separators=(",", ":")).encode()) + b"\n\n"
+    return (
+        b"data: "
+        + (
+            payload
+            if isinstance(payload, bytes)
+            else json.dumps(payload, separators=(",", ":")).encode()
+        )
+        + b"\n\n"
+    )
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -82,22 +94,50 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(latency)
     content = f"Answer to: {_last_user_text(messages)}"
     usage = _usage(messages, content)
-    base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
-            "model": body["model"], "system_fingerprint": "fp_bench"}
+    base = {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "created": int(time.time()),
+        "model": body["model"],
+        "system_fingerprint": "fp_bench",
+    }
     headers = {"x-request-id": f"req_{uuid.uuid4().hex}"}
     if body.get("stream") is True:
-        return await _stream(request, base, content, usage, headers,
-                             bool((body.get("stream_options") or {}).get("include_usage")))
-    answer = {**base, "object": "chat.completion", "usage": usage, "choices": [{
-        "index": 0, "finish_reason": "stop", "logprobs": None,
-        "message": {"role": "assistant", "content": content, "refusal": None}}]}
-    return web.Response(body=json.dumps(answer, separators=(",", ":")).encode(),
-                        content_type="application/json", headers=headers)
+        return await _stream(
+            request,
+            base,
+            content,
+            usage,
+            headers,
+            bool((body.get("stream_options") or {}).get("include_usage")),
+        )
+    answer = {
+        **base,
+        "object": "chat.completion",
+        "usage": usage,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "logprobs": None,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+            }
+        ],
+    }
+    return web.Response(
+        body=json.dumps(answer, separators=(",", ":")).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
 
 
-async def _stream(request: web.Request, base: dict[str, Any], content: str,
-                  usage: dict[str, int], headers: dict[str, str],
-                  include_usage: bool) -> web.StreamResponse:
+async def _stream(
+    request: web.Request,
+    base: dict[str, Any],
+    content: str,
+    usage: dict[str, int],
+    headers: dict[str, str],
+    include_usage: bool,
+) -> web.StreamResponse:
     """The chunk sequence OpenAI sends: role, content pieces, finish_reason, [usage], [DONE]."""
     response = web.StreamResponse(headers={**_SSE_HEADERS, **headers})
     await response.prepare(request)
@@ -105,8 +145,11 @@ async def _stream(request: web.Request, base: dict[str, Any], content: str,
     extra = {"usage": None} if include_usage else {}
 
     def choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {**chunk, **extra, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                               "finish_reason": finish}]}
+        return {
+            **chunk,
+            **extra,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
 
     words = content.split(" ")
     pieces = [words[0], *(" " + w for w in words[1:])]
@@ -121,9 +164,15 @@ async def _stream(request: web.Request, base: dict[str, Any], content: str,
 
 
 async def models(_: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": [
-        {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "kallm-bench"}
-        for m in MODELS]})
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "kallm-bench"}
+                for m in MODELS
+            ],
+        }
+    )
 
 
 def create_upstream(latency: float = 0.0) -> web.Application:
@@ -135,8 +184,9 @@ def create_upstream(latency: float = 0.0) -> web.Application:
     return app
 
 
-async def start_upstream(host: str = "127.0.0.1", port: int = 0,
-                         latency: float = 0.0) -> tuple[web.AppRunner, str]:
+async def start_upstream(
+    host: str = "127.0.0.1", port: int = 0, latency: float = 0.0
+) -> tuple[web.AppRunner, str]:
     """Serve in this event loop; returns the runner (``await runner.cleanup()`` to stop)
     and the base URL, ending in /v1 like an OpenAI base URL."""
     runner = web.AppRunner(create_upstream(latency), access_log=None, shutdown_timeout=1.0)
@@ -164,8 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 lets the OS pick")
-    parser.add_argument("--latency", default="0ms",
-                        help="delay before each answer: 0ms, 250ms, 1.5s (default 0ms)")
+    parser.add_argument(
+        "--latency", default="0ms", help="delay before each answer: 0ms, 250ms, 1.5s (default 0ms)"
+    )
     args = parser.parse_args(argv)
     try:
         latency = parse_duration(args.latency)

@@ -5,5 +5,13 @@ from kallm.cache.scope import CacheKey, cache_key
 from kallm.cache.semantic import Hit, Lookup, SemanticCache
 from kallm.cache.store import CacheBackend, Entry, MemoryBackend
 
-__all__ = ["CacheBackend", "CacheKey", "Entry", "Hit", "Lookup", "MemoryBackend", "SemanticCache",
-           "cache_key"]
+__all__ = [
+    "CacheBackend",
+    "CacheKey",
+    "Entry",
+    "Hit",
+    "Lookup",
+    "MemoryBackend",
+    "SemanticCache",
+    "cache_key",
+]

@@ -88,8 +88,11 @@ class VectorIndex:
             order = np.argpartition(-scores, k - 1)[:k]
             order = order[np.argsort(-scores[order])]
         found = order if rows is None else rows[order]
-        return [(int(self._ids[r]), float(scores[o])) for r, o in zip(found, order, strict=True)
-                if scores[o] >= min_score]
+        return [
+            (int(self._ids[r]), float(scores[o]))
+            for r, o in zip(found, order, strict=True)
+            if scores[o] >= min_score
+        ]
 
     def _candidates(self, vector: np.ndarray, size: int) -> np.ndarray | None:
         """Rows worth scoring exactly, or None to score them all."""

@@ -46,8 +46,12 @@ class SnapshotKeeper:
             return 0
         except (SnapshotError, OSError) as exc:
             aside = move_aside(self.path) if isinstance(exc, SnapshotError) else None
-            log.warning("cache file %s is unreadable (%s); moved to %s, starting empty",
-                        self.path, exc, aside)
+            log.warning(
+                "cache file %s is unreadable (%s); moved to %s, starting empty",
+                self.path,
+                exc,
+                aside,
+            )
             return 0
         now = time.time() if now is None else now
         live = [e for e in snapshot.entries if e.expires_at > now]

@@ -95,7 +95,11 @@ class SemanticCache:
         self._embed_failed_logged = False
 
     async def lookup(
-        self, key: CacheKey, *, threshold: float | None = None, use_guard: bool = True,
+        self,
+        key: CacheKey,
+        *,
+        threshold: float | None = None,
+        use_guard: bool = True,
         count: bool = True,
     ) -> Lookup:
         """Find an answer for ``key``; counts a hit or miss in ``stats`` unless ``count`` is
@@ -128,8 +132,17 @@ class SemanticCache:
         if not lookup.embedded and key.text is not None:
             lookup.vector, lookup.embedded = await self._embed(key.text), True
         now = self._clock()
-        entry = Entry(key.scope, key.exact, key.text, lookup.vector, response, now,
-                      now + self.ttl, cost_usd, tokens)
+        entry = Entry(
+            key.scope,
+            key.exact,
+            key.text,
+            lookup.vector,
+            response,
+            now,
+            now + self.ttl,
+            cost_usd,
+            tokens,
+        )
         await self.backend.put(entry)
         self.stats.stores += 1
         return entry

@@ -92,8 +92,7 @@ class MemoryBackend:
     ) -> list[tuple[Entry, float]]:
         index = self._scopes.get(scope)
         while index is not None and len(index):
-            found = [(self._entries[i], score)
-                     for i, score in index.nearest(vector, k, min_score)]
+            found = [(self._entries[i], score) for i, score in index.nearest(vector, k, min_score)]
             expired = [entry for entry, _ in found if entry.expires_at <= now]
             if not expired:
                 return found

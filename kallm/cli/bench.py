@@ -44,8 +44,11 @@ class RunByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-app = typer.Typer(cls=RunByDefault, help="Measure kallm: speed against a direct call "
-                  "(`run`, the default), or the threshold to use (`quality`).")
+app = typer.Typer(
+    cls=RunByDefault,
+    help="Measure kallm: speed against a direct call "
+    "(`run`, the default), or the threshold to use (`quality`).",
+)
 
 
 def _console() -> Console:
@@ -78,32 +81,52 @@ def _write_json(path: Path, result: dict[str, Any], console: Console) -> None:
 
 @app.command()
 def run(
-    upstream: str | None = typer.Option(None, help="A real upstream base URL ending in /v1 "
-                                        "(default: the built-in simulated upstream)."),
-    api_key: str | None = typer.Option(None, envvar="OPENAI_API_KEY", show_envvar=True,
-                                       help="Key for --upstream (sent by the load generator, "
-                                       "forwarded by kallm)."),
+    upstream: str | None = typer.Option(
+        None,
+        help="A real upstream base URL ending in /v1 (default: the built-in simulated upstream).",
+    ),
+    api_key: str | None = typer.Option(
+        None,
+        envvar="OPENAI_API_KEY",
+        show_envvar=True,
+        help="Key for --upstream (sent by the load generator, forwarded by kallm).",
+    ),
     model: str = typer.Option(MODEL, help="Model named in every request."),
-    upstream_latency: str = typer.Option("0ms", help="The simulated upstream's delay per "
-                                         "answer: 0ms, 300ms, 1.5s."),
+    upstream_latency: str = typer.Option(
+        "0ms", help="The simulated upstream's delay per answer: 0ms, 300ms, 1.5s."
+    ),
     concurrency: str = typer.Option("1,32", help="Concurrency levels, comma-separated."),
-    entries: int | None = typer.Option(None, min=1, help="Answers cached before the run "
-                                       "[default: 10000; --quick 300]."),
-    requests: int | None = typer.Option(None, min=1, help="Measured requests per cell per "
-                                        "level [default: 600 at c=1, 2400 above; 40 with "
-                                        "--upstream; --quick 30]."),
-    warmup: int | None = typer.Option(None, min=0, help="Unmeasured requests per cell per round "
-                                      "[default: 100; 3 with --upstream; --quick 5]."),
-    rounds: int | None = typer.Option(None, min=1, help="Interleaved rounds per cell "
-                                      "[default: 3; 1 with --upstream or --quick]."),
-    duration: str | None = typer.Option(None, help="Most time one cell may take, all rounds "
-                                        "together [default: 30s; 120s with --upstream; "
-                                        "--quick 10s]."),
-    embedder: BuiltinEmbedder = typer.Option(BuiltinEmbedder.local,
-                                             help="The embedder kallm runs with."),
+    entries: int | None = typer.Option(
+        None, min=1, help="Answers cached before the run [default: 10000; --quick 300]."
+    ),
+    requests: int | None = typer.Option(
+        None,
+        min=1,
+        help="Measured requests per cell per "
+        "level [default: 600 at c=1, 2400 above; 40 with "
+        "--upstream; --quick 30].",
+    ),
+    warmup: int | None = typer.Option(
+        None,
+        min=0,
+        help="Unmeasured requests per cell per round [default: 100; 3 with --upstream; --quick 5].",
+    ),
+    rounds: int | None = typer.Option(
+        None, min=1, help="Interleaved rounds per cell [default: 3; 1 with --upstream or --quick]."
+    ),
+    duration: str | None = typer.Option(
+        None,
+        help="Most time one cell may take, all rounds "
+        "together [default: 30s; 120s with --upstream; "
+        "--quick 10s].",
+    ),
+    embedder: BuiltinEmbedder = typer.Option(
+        BuiltinEmbedder.local, help="The embedder kallm runs with."
+    ),
     seed: int = typer.Option(7, help="Seed of the prompt stream."),
-    json_path: Path = typer.Option(Path("kallm-bench.json"), "--json",
-                                   help="Where to write the results as JSON."),
+    json_path: Path = typer.Option(
+        Path("kallm-bench.json"), "--json", help="Where to write the results as JSON."
+    ),
     quick: bool = typer.Option(False, help="Tiny counts: a smoke run of a few seconds."),
 ) -> None:
     """Requests/s and p50/p90/p99 of kallm (miss, exact hit, paraphrase hit) vs a direct call."""
@@ -119,16 +142,21 @@ def run(
         warmup=warmup if warmup is not None else preset["warmup"],
         rounds=rounds if rounds is not None else preset["rounds"],
         entries=entries if entries is not None else preset["entries"],
-        embedder=embedder.value, seed=seed,
+        embedder=embedder.value,
+        seed=seed,
         duration=_duration("--duration", duration) if duration else preset["duration"],
-        upstream=upstream, upstream_latency=_duration("--upstream-latency", upstream_latency),
-        api_key=(api_key or SIMULATED_KEY) if upstream else SIMULATED_KEY, model=model,
+        upstream=upstream,
+        upstream_latency=_duration("--upstream-latency", upstream_latency),
+        api_key=(api_key or SIMULATED_KEY) if upstream else SIMULATED_KEY,
+        model=model,
     )
     console = _console()
     if upstream:
         calls = 2 * options.schedule().misses_needed()
-        console.print(f"[yellow]about {calls:,} requests (direct and kallm misses) will reach "
-                      f"{upstream}[/]", highlight=False)
+        console.print(
+            f"[yellow]about {calls:,} requests (direct and kallm misses) will reach {upstream}[/]",
+            highlight=False,
+        )
     try:
         result = asyncio.run(run_bench(options, console))
     except (RuntimeError, ValueError, OSError) as exc:
@@ -141,19 +169,27 @@ def run(
 
 @app.command()
 def quality(
-    pairs: Path = typer.Option(..., exists=True, dir_okay=False, readable=True,
-                               help="JSONL of labelled pairs: {text_a, text_b, label: 0|1} or "
-                               "{a, b, label: must_hit|must_not_hit}."),
-    thresholds: str = typer.Option("0.80:0.99:0.01", help="start:stop:step (stop included), "
-                                   "or a list such as 0.9,0.95."),
-    target_precision: float = typer.Option(0.97, min=0.0, max=1.0, help="Precision the "
-                                           "recommended threshold must reach."),
-    guard: bool = typer.Option(True, "--guard/--no-guard", help="Apply kallm's hit guard, as "
-                               "the server does by default."),
-    embedder: BuiltinEmbedder = typer.Option(BuiltinEmbedder.local,
-                                             help="The embedder to judge."),
-    json_path: Path = typer.Option(Path("kallm-bench-quality.json"), "--json",
-                                   help="Where to write the results as JSON."),
+    pairs: Path = typer.Option(
+        ...,
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="JSONL of labelled pairs: {text_a, text_b, label: 0|1} or "
+        "{a, b, label: must_hit|must_not_hit}.",
+    ),
+    thresholds: str = typer.Option(
+        "0.80:0.99:0.01", help="start:stop:step (stop included), or a list such as 0.9,0.95."
+    ),
+    target_precision: float = typer.Option(
+        0.97, min=0.0, max=1.0, help="Precision the recommended threshold must reach."
+    ),
+    guard: bool = typer.Option(
+        True, "--guard/--no-guard", help="Apply kallm's hit guard, as the server does by default."
+    ),
+    embedder: BuiltinEmbedder = typer.Option(BuiltinEmbedder.local, help="The embedder to judge."),
+    json_path: Path = typer.Option(
+        Path("kallm-bench-quality.json"), "--json", help="Where to write the results as JSON."
+    ),
 ) -> None:
     """Precision and recall per threshold on labelled pairs, and the threshold to use."""
     from kallm.bench.quality import PairsError, evaluate, parse_thresholds, print_quality

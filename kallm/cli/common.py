@@ -17,8 +17,9 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> NoReturn:
     # the message is data (a key name, a path): never read it as rich markup
-    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False,
-                      soft_wrap=True)
+    err_console.print(
+        Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True
+    )
     raise typer.Exit(code)
 
 
@@ -31,6 +32,8 @@ def settings_from(config: Path | None, **flags: Any) -> LoadedSettings:
 
 
 CONFIG_OPTION = typer.Option(
-    None, "--config", "-c",
+    None,
+    "--config",
+    "-c",
     help="Path to kallm.toml (env KALLM_CONFIG; default: kallm.toml in the user config dir).",
 )

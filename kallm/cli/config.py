@@ -15,26 +15,49 @@ from rich.table import Table
 from kallm.cli.common import CONFIG_OPTION, fail, settings_from
 from kallm.config import SPEC_BY_FIELD, Settings, default_config_path
 
-app = typer.Typer(help="Write a starter kallm.toml, or show the settings kallm would run with.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Write a starter kallm.toml, or show the settings kallm would run with.",
+    no_args_is_help=True,
+)
 console = Console()
 
 # Each section of the starter file: (comment, table). Values are the defaults, so the
 # file changes nothing until edited; providers and aliases show the multi-provider shape.
 STARTER: list[tuple[str, dict[str, Any]]] = [
-    ("Where kallm listens. 0.0.0.0 only in a container: a laptop tool should not be on the "
-     "network unasked.", {"server": {"host": "127.0.0.1", "port": 8080,
-                                     "max_body_size": "10MB"}}),
-    ("The default upstream when no [[providers]] are configured (OPENAI_BASE_URL, "
-     "OPENAI_API_KEY).", {"upstream": {"base_url": "https://api.openai.com/v1",
-                                       "connect_timeout": "10s", "timeout": "600s"}}),
-    ("The semantic cache. similarity_threshold defaults to the embedder's measured value.",
-     {"cache": {"ttl": "24h", "max_entries": 10000, "embedding_model": "local",
-                "snapshot_interval": "5m", "guard": True}}),
-    ("Logs: one line per request; json = true for machines.",
-     {"log": {"json": False, "level": "info"}}),
+    (
+        "Where kallm listens. 0.0.0.0 only in a container: a laptop tool should not be on the "
+        "network unasked.",
+        {"server": {"host": "127.0.0.1", "port": 8080, "max_body_size": "10MB"}},
+    ),
+    (
+        "The default upstream when no [[providers]] are configured (OPENAI_BASE_URL, "
+        "OPENAI_API_KEY).",
+        {
+            "upstream": {
+                "base_url": "https://api.openai.com/v1",
+                "connect_timeout": "10s",
+                "timeout": "600s",
+            }
+        },
+    ),
+    (
+        "The semantic cache. similarity_threshold defaults to the embedder's measured value.",
+        {
+            "cache": {
+                "ttl": "24h",
+                "max_entries": 10000,
+                "embedding_model": "local",
+                "snapshot_interval": "5m",
+                "guard": True,
+            }
+        },
+    ),
+    (
+        "Logs: one line per request; json = true for machines.",
+        {"log": {"json": False, "level": "info"}},
+    ),
 ]
-PROVIDERS_EXAMPLE = '''
+PROVIDERS_EXAMPLE = """
 # Providers: uncomment to route models to several upstreams. Keys come from the
 # environment variable named by api_key_env, never from this file unless you insist.
 #
@@ -59,12 +82,14 @@ PROVIDERS_EXAMPLE = '''
 #
 # [models.fast]                   # an alias with fallbacks, tried in order
 # route = ["anthropic/claude-haiku-4-5", "openai/gpt-4o-mini"]
-'''
+"""
 
 
 def starter_text() -> str:
-    parts = ["# kallm.toml: settings for kallm. Precedence: defaults < this file < KALLM_* "
-             "environment < flags.\n"]
+    parts = [
+        "# kallm.toml: settings for kallm. Precedence: defaults < this file < KALLM_* "
+        "environment < flags.\n"
+    ]
     for comment, table in STARTER:
         parts.append(f"\n# {comment}\n" + tomli_w.dumps(table))
     return "".join(parts) + PROVIDERS_EXAMPLE
@@ -72,8 +97,7 @@ def starter_text() -> str:
 
 @app.command()
 def init(
-    path: Path | None = typer.Option(None, help="Where to write (default: the user config "
-                                     "dir)."),
+    path: Path | None = typer.Option(None, help="Where to write (default: the user config dir)."),
     force: bool = typer.Option(False, help="Overwrite an existing file."),
 ) -> None:
     """Write a commented starter kallm.toml."""
@@ -87,8 +111,9 @@ def init(
 
 def _mask(value: Any) -> str:
     text = str(value)
-    return "(not set)" if value is None else (text[:3] + "…" + text[-2:] if len(text) > 8
-                                              else "***")
+    return (
+        "(not set)" if value is None else (text[:3] + "…" + text[-2:] if len(text) > 8 else "***")
+    )
 
 
 def _shown(settings: Settings, name: str) -> str:
@@ -106,16 +131,25 @@ def show(
     loaded = settings_from(config)
     settings = loaded.settings
     plain = [f.name for f in fields(Settings) if f.name in SPEC_BY_FIELD]
-    providers = [{**asdict(p), "api_key": _mask(p.api_key) if p.api_key else None}
-                 for p in settings.providers]
+    providers = [
+        {**asdict(p), "api_key": _mask(p.api_key) if p.api_key else None}
+        for p in settings.providers
+    ]
     if as_json:
-        print(json.dumps({
-            "config_file": str(loaded.config_path) if loaded.config_path else None,
-            "settings": {n: {"value": _shown(settings, n), "source": loaded.sources[n]}
-                         for n in plain},
-            "providers": providers,
-            "aliases": {a.name: list(a.route) for a in settings.aliases},
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "config_file": str(loaded.config_path) if loaded.config_path else None,
+                    "settings": {
+                        n: {"value": _shown(settings, n), "source": loaded.sources[n]}
+                        for n in plain
+                    },
+                    "providers": providers,
+                    "aliases": {a.name: list(a.route) for a in settings.aliases},
+                },
+                indent=2,
+            )
+        )
         return
     console.print(f"config file: {loaded.config_path or '(none; defaults and environment)'}")
     view = Table("setting", "value", "source")
@@ -125,8 +159,13 @@ def show(
     if providers:
         table = Table("provider", "kind", "base_url", "models", "api key")
         for p in providers:
-            table.add_row(p["name"], p["kind"], p["base_url"], ", ".join(p["models"]),
-                          p["api_key"] or f"(set {p['api_key_env']})")
+            table.add_row(
+                p["name"],
+                p["kind"],
+                p["base_url"],
+                ", ".join(p["models"]),
+                p["api_key"] or f"(set {p['api_key_env']})",
+            )
         console.print(table)
     for alias in settings.aliases:
         console.print(f"alias [bold]{alias.name}[/] → {' → '.join(alias.route)}")

@@ -124,12 +124,21 @@ def _with_secret(answer: Mapping[str, Any]) -> tuple[KeyRecord, str]:
     return record_from_row({**answer["record"], **answer.get("k8s_record", {})}), answer["key"]
 
 
-def http_json(method: str, url: str, body: Any = None,
-              headers: Mapping[str, str] | None = None) -> Any:
+def http_json(
+    method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None
+) -> Any:
     """One JSON request with the standard library; any failure is a one-line ``RemoteError``."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={
-        "Accept": "application/json", "Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            **(headers or {}),
+        },
+    )
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
             return json.loads(response.read() or b"null")
@@ -169,8 +178,7 @@ def open_keys(db: Path | None, url: str | None, admin_key: str | None) -> KeyCli
     if url:
         key = env_or(admin_key, "KALLM_ADMIN_KEY")
         if not key:
-            raise RequestError("--url needs the server's admin key: --admin-key or "
-                               "KALLM_ADMIN_KEY")
+            raise RequestError("--url needs the server's admin key: --admin-key or KALLM_ADMIN_KEY")
         return RemoteKeys(url, key)
     return LocalKeys(db_path(db))
 

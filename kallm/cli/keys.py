@@ -30,44 +30,79 @@ from kallm.cli.keyclient import KeyClient, db_path, open_keys
 from kallm.config import parse_duration
 from kallm.errors import KallmError
 
-app = typer.Typer(help="Create and manage virtual API keys (budgets, rate limits, models).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Create and manage virtual API keys (budgets, rate limits, models).", no_args_is_help=True
+)
 
 _WHERE = "Where the keys are"
-DB = typer.Option(None, "--db", help="SQLite file (env KALLM_DB; default: the file "
-                  "`kallm serve` uses).", rich_help_panel=_WHERE)
-URL = typer.Option(None, "--url", help="A running kallm, e.g. http://127.0.0.1:8080 (env "
-                   "KALLM_URL): use its admin API instead of a file.", rich_help_panel=_WHERE)
-ADMIN = typer.Option(None, "--admin-key", help="The server's admin key, with --url (env "
-                     "KALLM_ADMIN_KEY).", rich_help_panel=_WHERE)
+DB = typer.Option(
+    None,
+    "--db",
+    help="SQLite file (env KALLM_DB; default: the file `kallm serve` uses).",
+    rich_help_panel=_WHERE,
+)
+URL = typer.Option(
+    None,
+    "--url",
+    help="A running kallm, e.g. http://127.0.0.1:8080 (env "
+    "KALLM_URL): use its admin API instead of a file.",
+    rich_help_panel=_WHERE,
+)
+ADMIN = typer.Option(
+    None,
+    "--admin-key",
+    help="The server's admin key, with --url (env KALLM_ADMIN_KEY).",
+    rich_help_panel=_WHERE,
+)
 JSON = typer.Option(False, "--json", help="Machine-readable output.")
 REF = typer.Argument(..., help="The key's id, name or prefix.")
-OUTPUT = typer.Option("text", "--output", "-o", help="text (the secret alone on stdout), "
-                      "json, or k8s-secret (a Secret manifest; the secret goes to stderr).")
+OUTPUT = typer.Option(
+    "text",
+    "--output",
+    "-o",
+    help="text (the secret alone on stdout), "
+    "json, or k8s-secret (a Secret manifest; the secret goes to stderr).",
+)
 K8S_NS = typer.Option("default", "--k8s-namespace", help="Namespace of the Secret.")
 LABEL = typer.Option(None, "--label", help="k=v label on the Secret (repeatable).")
 _P = "Policy ('none' clears a setting in update)"
 POLICY = {
-    "budget_usd": typer.Option(None, "--budget-usd", help="Spend limit in USD per period.",
-                               rich_help_panel=_P),
-    "budget_period": typer.Option(None, "--budget-period", help="When the budget resets: "
-                                  "30d, 1mo, 24h (default: never).", rich_help_panel=_P),
+    "budget_usd": typer.Option(
+        None, "--budget-usd", help="Spend limit in USD per period.", rich_help_panel=_P
+    ),
+    "budget_period": typer.Option(
+        None,
+        "--budget-period",
+        help="When the budget resets: 30d, 1mo, 24h (default: never).",
+        rich_help_panel=_P,
+    ),
     "rpm": typer.Option(None, "--rpm", help="Requests per minute.", rich_help_panel=_P),
     "tpm": typer.Option(None, "--tpm", help="Tokens per minute.", rich_help_panel=_P),
-    "models": typer.Option(None, "--models", help="Allowed models, comma-separated patterns: "
-                           "'gpt-4o*,claude-*' (default: all).", rich_help_panel=_P),
-    "expires": typer.Option(None, "--expires", help="Lifetime from now: 30d, 12h "
-                            "(default: never).", rich_help_panel=_P),
-    "metadata": typer.Option(None, "--metadata", help="k=v (repeatable; in update, k= "
-                             "removes k).", rich_help_panel=_P),
-    "namespace": typer.Option(None, "--namespace", help="Cache tenant: this key's answers "
-                              "are not shared with other namespaces.", rich_help_panel=_P),
+    "models": typer.Option(
+        None,
+        "--models",
+        help="Allowed models, comma-separated patterns: 'gpt-4o*,claude-*' (default: all).",
+        rich_help_panel=_P,
+    ),
+    "expires": typer.Option(
+        None, "--expires", help="Lifetime from now: 30d, 12h (default: never).", rich_help_panel=_P
+    ),
+    "metadata": typer.Option(
+        None, "--metadata", help="k=v (repeatable; in update, k= removes k).", rich_help_panel=_P
+    ),
+    "namespace": typer.Option(
+        None,
+        "--namespace",
+        help="Cache tenant: this key's answers are not shared with other namespaces.",
+        rich_help_panel=_P,
+    ),
 }
 ONCE = "Store this key now: it cannot be shown again."
 OUTPUTS = ("text", "json", "k8s-secret")
 
 
 # ---------------------------------------------------------------- parsing flags
+
 
 def _usd(text: str) -> float:
     try:
@@ -109,8 +144,15 @@ def _namespace(text: str) -> str:
     return text
 
 
-_PARSERS = {"budget_usd": _usd, "budget_period": _period, "rpm": _count, "tpm": _count,
-            "models": _models, "expires": _expires, "namespace": _namespace}
+_PARSERS = {
+    "budget_usd": _usd,
+    "budget_period": _period,
+    "rpm": _count,
+    "tpm": _count,
+    "models": _models,
+    "expires": _expires,
+    "namespace": _namespace,
+}
 
 
 def policy_from_flags(flags: dict[str, str | None]) -> dict[str, Any]:
@@ -150,6 +192,7 @@ def _output(value: str) -> str:
 
 # ---------------------------------------------------------------- showing keys
 
+
 def usd(value: float | None) -> str:
     """Dollars with the precision small amounts need: a cached answer saves $0.000195."""
     if value is None:
@@ -179,8 +222,10 @@ def _budget(record: KeyRecord) -> str:
 
 
 def _limits(record: KeyRecord) -> str:
-    return f"{record.rpm if record.rpm is not None else '—'} / " \
-           f"{record.tpm if record.tpm is not None else '—'}"
+    return (
+        f"{record.rpm if record.rpm is not None else '—'} / "
+        f"{record.tpm if record.tpm is not None else '—'}"
+    )
 
 
 _STATUS_STYLE = {"active": "green", "revoked": "red", "expired": "yellow"}
@@ -196,30 +241,57 @@ def _short(stamp: float | None, empty: str = "—") -> str:
 
 def key_table(records: list[KeyRecord]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, padding=(0, 1))
-    for column in ("name", "prefix", "spend / budget", "rpm / tpm", "models", "created",
-                   "expires", "last used", "status"):
-        table.add_column(column, no_wrap=column in ("prefix", "status"),
-                         min_width=7 if column == "status" else None)
+    for column in (
+        "name",
+        "prefix",
+        "spend / budget",
+        "rpm / tpm",
+        "models",
+        "created",
+        "expires",
+        "last used",
+        "status",
+    ):
+        table.add_column(
+            column,
+            no_wrap=column in ("prefix", "status"),
+            min_width=7 if column == "status" else None,
+        )
     for r in records:
         status = r.status()
-        table.add_row(Text(r.name), r.prefix, _budget(r), _limits(r),  # names are not markup
-                      Text(", ".join(r.models) if r.models is not None else "all"),
-                      _short(r.created),
-                      _short(r.expires, "never"), _short(r.last_used, "never"),
-                      f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]")
+        table.add_row(
+            Text(r.name),
+            r.prefix,
+            _budget(r),
+            _limits(r),  # names are not markup
+            Text(", ".join(r.models) if r.models is not None else "all"),
+            _short(r.created),
+            _short(r.expires, "never"),
+            _short(r.last_used, "never"),
+            f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]",
+        )
     return table
 
 
 def key_details(r: KeyRecord) -> Table:
     grid = Table.grid(padding=(0, 2))
-    rows = [("id", r.id), ("name", r.name), ("prefix", r.prefix + "…"), ("status", r.status()),
-            ("spend / budget", _budget(r)), ("period started", when(r.period_start)),
-            ("saved by the cache", usd(r.saved_usd)), ("rpm / tpm", _limits(r)),
-            ("models", ", ".join(r.models) if r.models is not None else "all"),
-            ("namespace", r.namespace or "—"), ("created", when(r.created)),
-            ("expires", when(r.expires, "never")), ("revoked", when(r.revoked)),
-            ("last used", when(r.last_used, "never")),
-            ("metadata", ", ".join(f"{k}={v}" for k, v in r.metadata.items()) or "—")]
+    rows = [
+        ("id", r.id),
+        ("name", r.name),
+        ("prefix", r.prefix + "…"),
+        ("status", r.status()),
+        ("spend / budget", _budget(r)),
+        ("period started", when(r.period_start)),
+        ("saved by the cache", usd(r.saved_usd)),
+        ("rpm / tpm", _limits(r)),
+        ("models", ", ".join(r.models) if r.models is not None else "all"),
+        ("namespace", r.namespace or "—"),
+        ("created", when(r.created)),
+        ("expires", when(r.expires, "never")),
+        ("revoked", when(r.revoked)),
+        ("last used", when(r.last_used, "never")),
+        ("metadata", ", ".join(f"{k}={v}" for k, v in r.metadata.items()) or "—"),
+    ]
     for name, value in rows:
         grid.add_row(Text(name, style="bold"), Text(value))
     return grid
@@ -232,8 +304,9 @@ def _print_record(record: KeyRecord, as_json: bool) -> None:
         Console().print(key_details(record), highlight=False)
 
 
-def _print_secret(record: KeyRecord, secret: str, output: str, k8s_ns: str,
-                  labels: dict[str, str], done: str) -> None:
+def _print_secret(
+    record: KeyRecord, secret: str, output: str, k8s_ns: str, labels: dict[str, str], done: str
+) -> None:
     """The secret once: on stdout alone in text mode, so it can be captured, and the note
     on stderr; in k8s-secret mode stdout is the manifest, so the secret goes to stderr."""
     note = f"{done} key {record.name} ({record.id}). {ONCE}"
@@ -266,16 +339,24 @@ def _keys(db: Path | None, url: str | None, admin_key: str | None) -> Iterator[K
 
 # ---------------------------------------------------------------- commands
 
+
 @app.command()
 def create(
-    name: str | None = typer.Option(None, "--name", help="A unique name for the key "
-                                    "(required)."),
-    budget_usd: str | None = POLICY["budget_usd"], budget_period: str | None =
-    POLICY["budget_period"], rpm: str | None = POLICY["rpm"], tpm: str | None = POLICY["tpm"],
-    models: str | None = POLICY["models"], expires: str | None = POLICY["expires"],
-    metadata: list[str] | None = POLICY["metadata"], namespace: str | None = POLICY["namespace"],
-    output: str = OUTPUT, k8s_namespace: str = K8S_NS, label: list[str] | None = LABEL,
-    db: Path | None = DB, url: str | None = URL, admin_key: str | None = ADMIN,
+    name: str | None = typer.Option(None, "--name", help="A unique name for the key (required)."),
+    budget_usd: str | None = POLICY["budget_usd"],
+    budget_period: str | None = POLICY["budget_period"],
+    rpm: str | None = POLICY["rpm"],
+    tpm: str | None = POLICY["tpm"],
+    models: str | None = POLICY["models"],
+    expires: str | None = POLICY["expires"],
+    metadata: list[str] | None = POLICY["metadata"],
+    namespace: str | None = POLICY["namespace"],
+    output: str = OUTPUT,
+    k8s_namespace: str = K8S_NS,
+    label: list[str] | None = LABEL,
+    db: Path | None = DB,
+    url: str | None = URL,
+    admin_key: str | None = ADMIN,
 ) -> None:
     """Create a key and print its secret, once."""
     if not name or not name.strip():
@@ -302,8 +383,9 @@ def _k8s_flags(output: str, namespace: str, label: list[str] | None) -> dict[str
 
 
 @app.command("list")
-def list_keys(as_json: bool = JSON, db: Path | None = DB, url: str | None = URL,
-              admin_key: str | None = ADMIN) -> None:
+def list_keys(
+    as_json: bool = JSON, db: Path | None = DB, url: str | None = URL, admin_key: str | None = ADMIN
+) -> None:
     """All keys: spend against budget, limits, allowed models, status."""
     with _keys(db, url, admin_key) as keys:
         records = keys.list()
@@ -316,8 +398,13 @@ def list_keys(as_json: bool = JSON, db: Path | None = DB, url: str | None = URL,
 
 
 @app.command()
-def show(ref: str = REF, as_json: bool = JSON, db: Path | None = DB, url: str | None = URL,
-         admin_key: str | None = ADMIN) -> None:
+def show(
+    ref: str = REF,
+    as_json: bool = JSON,
+    db: Path | None = DB,
+    url: str | None = URL,
+    admin_key: str | None = ADMIN,
+) -> None:
     """One key in full (never its secret)."""
     with _keys(db, url, admin_key) as keys:
         record = keys.get(ref)
@@ -328,11 +415,17 @@ def show(ref: str = REF, as_json: bool = JSON, db: Path | None = DB, url: str | 
 def update(
     ref: str = REF,
     name: str | None = typer.Option(None, "--name", help="Rename the key."),
-    budget_usd: str | None = POLICY["budget_usd"], budget_period: str | None =
-    POLICY["budget_period"], rpm: str | None = POLICY["rpm"], tpm: str | None = POLICY["tpm"],
-    models: str | None = POLICY["models"], expires: str | None = POLICY["expires"],
-    metadata: list[str] | None = POLICY["metadata"], namespace: str | None = POLICY["namespace"],
-    as_json: bool = JSON, db: Path | None = DB, url: str | None = URL,
+    budget_usd: str | None = POLICY["budget_usd"],
+    budget_period: str | None = POLICY["budget_period"],
+    rpm: str | None = POLICY["rpm"],
+    tpm: str | None = POLICY["tpm"],
+    models: str | None = POLICY["models"],
+    expires: str | None = POLICY["expires"],
+    metadata: list[str] | None = POLICY["metadata"],
+    namespace: str | None = POLICY["namespace"],
+    as_json: bool = JSON,
+    db: Path | None = DB,
+    url: str | None = URL,
     admin_key: str | None = ADMIN,
 ) -> None:
     """Change a key's policy; the secret, spend and id stay."""
@@ -353,8 +446,9 @@ def update(
 
 
 @app.command()
-def revoke(ref: str = REF, db: Path | None = DB, url: str | None = URL,
-           admin_key: str | None = ADMIN) -> None:
+def revoke(
+    ref: str = REF, db: Path | None = DB, url: str | None = URL, admin_key: str | None = ADMIN
+) -> None:
     """Revoke a key: it stops working at once (within seconds on a server)."""
     with _keys(db, url, admin_key) as keys:
         record = keys.revoke(ref)
@@ -362,9 +456,15 @@ def revoke(ref: str = REF, db: Path | None = DB, url: str | None = URL,
 
 
 @app.command()
-def rotate(ref: str = REF, output: str = OUTPUT, k8s_namespace: str = K8S_NS,
-           label: list[str] | None = LABEL, db: Path | None = DB, url: str | None = URL,
-           admin_key: str | None = ADMIN) -> None:
+def rotate(
+    ref: str = REF,
+    output: str = OUTPUT,
+    k8s_namespace: str = K8S_NS,
+    label: list[str] | None = LABEL,
+    db: Path | None = DB,
+    url: str | None = URL,
+    admin_key: str | None = ADMIN,
+) -> None:
     """A new secret for a key; the old one stops working. Policy and spend stay."""
     labels = _k8s_flags(output, k8s_namespace, label)
     with _keys(db, url, admin_key) as keys:

@@ -44,19 +44,26 @@ class DatabaseReport:
 
     def __init__(self, path: Path, period: float, last: int):
         if not path.exists():
-            raise KallmError(f"no database at {path}: `kallm serve` creates it; or pass --db "
-                             "PATH / KALLM_DB, or --url for a running server")
+            raise KallmError(
+                f"no database at {path}: `kallm serve` creates it; or pass --db "
+                "PATH / KALLM_DB, or --url for a running server"
+            )
         self.path, self.period, self.last = path, period, last
         self.conn = connect(path, readonly=True)
 
     def snapshot(self) -> dict[str, Any]:
         now = time.time()
         since = now - self.period
-        return {"source": {"db": str(self.path)}, "generated_at": now, "since": since,
-                "period_seconds": self.period, "totals": usage.totals(self.conn, since),
-                "by_key": usage.by_key(self.conn, since),
-                "by_model": usage.by_model(self.conn, since),
-                "recent": usage.recent(self.conn, self.last)}
+        return {
+            "source": {"db": str(self.path)},
+            "generated_at": now,
+            "since": since,
+            "period_seconds": self.period,
+            "totals": usage.totals(self.conn, since),
+            "by_key": usage.by_key(self.conn, since),
+            "by_model": usage.by_model(self.conn, since),
+            "recent": usage.recent(self.conn, self.last),
+        }
 
     def close(self) -> None:
         self.conn.close()
@@ -69,8 +76,11 @@ class ServerReport:
         self.url = url.rstrip("/")
 
     def snapshot(self) -> dict[str, Any]:
-        return {"source": {"url": self.url}, "generated_at": time.time(),
-                "server": http_json("GET", f"{self.url}/stats")}
+        return {
+            "source": {"url": self.url},
+            "generated_at": time.time(),
+            "server": http_json("GET", f"{self.url}/stats"),
+        }
 
     def close(self) -> None:
         """Nothing held between requests."""
@@ -78,10 +88,18 @@ class ServerReport:
 
 # ---------------------------------------------------------------- rendering
 
+
 def _table(*columns: str, title: str | Text) -> Table:
     """Compact tables: a report must fit an 80-column terminal."""
-    return Table(*columns, title=title, title_justify="left", box=box.SIMPLE_HEAD,
-                 pad_edge=False, collapse_padding=True, title_style="bold")
+    return Table(
+        *columns,
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        title_style="bold",
+    )
 
 
 def _clock(stamp: float) -> str:
@@ -95,9 +113,14 @@ def _rate(value: float) -> str:
 
 
 def _measures(row: dict[str, Any]) -> list[str]:
-    return [f"{row['requests']:,}", f"{row['hits']:,}", _rate(row["hit_rate"]),
-            f"{row['prompt_tokens'] + row['completion_tokens']:,}", usd(row["spend_usd"]),
-            usd(row["saved_usd"])]
+    return [
+        f"{row['requests']:,}",
+        f"{row['hits']:,}",
+        _rate(row["hit_rate"]),
+        f"{row['prompt_tokens'] + row['completion_tokens']:,}",
+        usd(row["spend_usd"]),
+        usd(row["saved_usd"]),
+    ]
 
 
 _MEASURE_COLUMNS = ("requests", "hits", "hit rate", "tokens", "spend", "saved")
@@ -115,32 +138,68 @@ def _key_label(row: dict[str, Any]) -> str:
 
 
 def _recent(rows: list[dict[str, Any]]) -> Table:
-    table = _table("time", "key", "model", "provider", "status", "cache", "similarity",
-                   "latency", "cost", title=f"last {len(rows)} requests")
+    table = _table(
+        "time",
+        "key",
+        "model",
+        "provider",
+        "status",
+        "cache",
+        "similarity",
+        "latency",
+        "cost",
+        title=f"last {len(rows)} requests",
+    )
     for r in rows:
         similarity = "" if r["similarity"] is None else f"{r['similarity']:.4f}"
         ms = r["latency_ms"]
         latency = "" if ms is None else f"{ms:.1f} ms" if ms < 10 else f"{ms:,.0f} ms"
         status = r["status"] or ""
         style = "red" if isinstance(status, int) and status >= 400 else ""
-        table.add_row(_clock(r["time"]),
-                      Text(_key_label(r)), Text(r["model"] or ""), Text(r["provider"] or ""),
-                      Text(str(status), style=style), r["cache"] or "", similarity, latency,
-                      usd(r["cost_usd"]))
+        table.add_row(
+            _clock(r["time"]),
+            Text(_key_label(r)),
+            Text(r["model"] or ""),
+            Text(r["provider"] or ""),
+            Text(str(status), style=style),
+            r["cache"] or "",
+            similarity,
+            latency,
+            usd(r["cost_usd"]),
+        )
     return table
 
 
 def render_database(snap: dict[str, Any]) -> RenderableType:
     t = snap["totals"]
-    head = _table("requests", "hits", "misses", "hit rate", "errors", "spend", "saved",
-                  title=Text(f"last {span(snap['period_seconds'])} (since "
-                             f"{when(snap['since'])}) · {snap['source']['db']}", style="bold"))
-    head.add_row(f"{t['requests']:,}", f"{t['hits']:,}", f"{t['misses']:,}",
-                 _rate(t["hit_rate"]), f"{t['errors']:,}", usd(t["spend_usd"]),
-                 usd(t["saved_usd"]))
+    head = _table(
+        "requests",
+        "hits",
+        "misses",
+        "hit rate",
+        "errors",
+        "spend",
+        "saved",
+        title=Text(
+            f"last {span(snap['period_seconds'])} (since "
+            f"{when(snap['since'])}) · {snap['source']['db']}",
+            style="bold",
+        ),
+    )
+    head.add_row(
+        f"{t['requests']:,}",
+        f"{t['hits']:,}",
+        f"{t['misses']:,}",
+        _rate(t["hit_rate"]),
+        f"{t['errors']:,}",
+        usd(t["spend_usd"]),
+        usd(t["saved_usd"]),
+    )
     parts: list[RenderableType] = [
-        head, _grouped("by key", "key", snap["by_key"], _key_label),
-        _grouped("by model", "model", snap["by_model"], lambda r: r["model"] or "—")]
+        head,
+        _grouped("by key", "key", snap["by_key"], _key_label),
+        _grouped("by model", "model", snap["by_model"], lambda r: r["model"] or "—"),
+    ]
     if snap["recent"]:
         parts.append(_recent(snap["recent"]))
     return Group(*parts)
@@ -150,20 +209,29 @@ def render_server(snap: dict[str, Any]) -> RenderableType:
     s = snap["server"]
     latency = s.get("lookup_latency_ms") or {}
     table = Table.grid(padding=(0, 2))
-    rows = [("entries", f"{s.get('total_entries', 0):,}"),
-            ("hits", f"{s.get('total_hits', 0):,} ({s.get('exact_hits', 0):,} exact, "
-                     f"{s.get('semantic_hits', 0):,} semantic)"),
-            ("misses", f"{s.get('total_misses', 0):,}"), ("hit rate", _rate(s.get("hit_rate", 0))),
-            ("refused by the guard", f"{s.get('guarded', 0):,}"),
-            ("saved (estimated)", usd(s.get("estimated_saved_usd", 0.0))),
-            ("tokens saved", f"{s.get('tokens_saved', 0):,}"),
-            ("lookup p50 / p99", f"{latency.get('p50')} / {latency.get('p99')} ms"),
-            ("embedder", f"{s.get('embedder')} (threshold {s.get('similarity_threshold')})"),
-            ("uptime", span(round(s.get("uptime_seconds", 0))))]
+    rows = [
+        ("entries", f"{s.get('total_entries', 0):,}"),
+        (
+            "hits",
+            f"{s.get('total_hits', 0):,} ({s.get('exact_hits', 0):,} exact, "
+            f"{s.get('semantic_hits', 0):,} semantic)",
+        ),
+        ("misses", f"{s.get('total_misses', 0):,}"),
+        ("hit rate", _rate(s.get("hit_rate", 0))),
+        ("refused by the guard", f"{s.get('guarded', 0):,}"),
+        ("saved (estimated)", usd(s.get("estimated_saved_usd", 0.0))),
+        ("tokens saved", f"{s.get('tokens_saved', 0):,}"),
+        ("lookup p50 / p99", f"{latency.get('p50')} / {latency.get('p99')} ms"),
+        ("embedder", f"{s.get('embedder')} (threshold {s.get('similarity_threshold')})"),
+        ("uptime", span(round(s.get("uptime_seconds", 0)))),
+    ]
     for name, value in rows:
         table.add_row(Text(name, style="bold"), Text(value))
-    note = Text("Spend by key and model, and recent requests, are in the server's database: "
-                "kallm stats --db PATH", style="dim")
+    note = Text(
+        "Spend by key and model, and recent requests, are in the server's database: "
+        "kallm stats --db PATH",
+        style="dim",
+    )
     return Group(Text(f"kallm at {snap['source']['url']}", style="bold"), table, note)
 
 
@@ -192,6 +260,7 @@ def watch(console: Console, report: Report, interval: float) -> None:
 
 # ---------------------------------------------------------------- the command
 
+
 def _seconds(text: str, flag: str) -> float:
     try:
         seconds = parse_duration(text)
@@ -202,8 +271,7 @@ def _seconds(text: str, flag: str) -> float:
     return seconds
 
 
-def open_report(db: Path | None, url: str | None, since: str | None,
-                last: int | None) -> Report:
+def open_report(db: Path | None, url: str | None, since: str | None, last: int | None) -> Report:
     """The report the flags ask for; bad combinations end with one line."""
     url = env_or(url, "KALLM_URL")
     if url and db is not None:
@@ -219,14 +287,22 @@ def open_report(db: Path | None, url: str | None, since: str | None,
 
 
 def stats(
-    db: Path | None = typer.Option(None, "--db", help="SQLite file (env KALLM_DB; default: "
-                                   "the file `kallm serve` uses)."),
-    url: str | None = typer.Option(None, "--url", help="A running kallm, e.g. "
-                                   "http://127.0.0.1:8080 (env KALLM_URL): its GET /stats."),
-    since: str | None = typer.Option(None, "--since", help="Period of the totals: 24h, 7d, "
-                                     "1mo (default 24h; database only)."),
-    last: int | None = typer.Option(None, "--last", help="How many recent requests to list "
-                                    "(default 10; 0 for none; database only)."),
+    db: Path | None = typer.Option(
+        None, "--db", help="SQLite file (env KALLM_DB; default: the file `kallm serve` uses)."
+    ),
+    url: str | None = typer.Option(
+        None,
+        "--url",
+        help="A running kallm, e.g. http://127.0.0.1:8080 (env KALLM_URL): its GET /stats.",
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="Period of the totals: 24h, 7d, 1mo (default 24h; database only)."
+    ),
+    last: int | None = typer.Option(
+        None,
+        "--last",
+        help="How many recent requests to list (default 10; 0 for none; database only).",
+    ),
     live: bool = typer.Option(False, "--watch", "-w", help="Redraw until Ctrl-C."),
     interval: str = typer.Option("2s", "--interval", help="Time between redraws with --watch."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document, for scripts."),

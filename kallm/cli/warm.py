@@ -65,8 +65,7 @@ def _problems(console: Console, title: str, shown: list[Problem], total: int) ->
         return
     console.print(f"[bold yellow]{title}:[/] {total}", highlight=False)
     for problem in shown:
-        console.print(f"  line {problem.line}: {problem.reason}", highlight=False,
-                      soft_wrap=True)
+        console.print(f"  line {problem.line}: {problem.reason}", highlight=False, soft_wrap=True)
     if total > len(shown):
         console.print(f"  … and {total - len(shown)} more", highlight=False)
 
@@ -76,11 +75,16 @@ def _summary(console: Console, counts: Counts, where: str) -> None:
     _problems(console, "failed", counts.failures, counts.failed)
     console.print(f"warmed {where}", highlight=False, soft_wrap=True)
     table = Table("", "", show_header=False)
-    for name, value in (("lines read", counts.lines), ("already cached", counts.cached),
-                        ("added", counts.added), ("imported", counts.imported),
-                        ("failed", counts.failed), ("bad lines", counts.bad),
-                        ("estimated cost", f"${counts.cost_usd:.6f}"),
-                        ("elapsed", f"{counts.elapsed:.1f}s")):
+    for name, value in (
+        ("lines read", counts.lines),
+        ("already cached", counts.cached),
+        ("added", counts.added),
+        ("imported", counts.imported),
+        ("failed", counts.failed),
+        ("bad lines", counts.bad),
+        ("estimated cost", f"${counts.cost_usd:.6f}"),
+        ("elapsed", f"{counts.elapsed:.1f}s"),
+    ):
         table.add_row(name, str(value))
     console.print(table)
 
@@ -90,22 +94,41 @@ def _dry_run(console: Console, parsed: Parsed, as_json: bool) -> None:
     sends = len(parsed.items) - imports
     cost = estimate_cost(parsed.items, PriceTable())
     if as_json:
-        print(json.dumps({"lines": parsed.lines, "to_send": sends, "to_import": imports,
-                          "bad": len(parsed.bad), "estimated_cost_usd": cost,
-                          "bad_lines": [vars(p) for p in parsed.bad[:SHOWN]]}))
+        print(
+            json.dumps(
+                {
+                    "lines": parsed.lines,
+                    "to_send": sends,
+                    "to_import": imports,
+                    "bad": len(parsed.bad),
+                    "estimated_cost_usd": cost,
+                    "bad_lines": [vars(p) for p in parsed.bad[:SHOWN]],
+                }
+            )
+        )
     else:
         _problems(console, "bad lines (skipped)", parsed.bad[:SHOWN], len(parsed.bad))
         table = Table("", "", title="kallm warm --dry-run (nothing sent)", show_header=False)
-        for name, value in (("lines read", parsed.lines), ("would send", sends),
-                            ("would import", imports), ("bad lines", len(parsed.bad)),
-                            ("estimated cost (at most)", f"${cost:.6f}")):
+        for name, value in (
+            ("lines read", parsed.lines),
+            ("would send", sends),
+            ("would import", imports),
+            ("bad lines", len(parsed.bad)),
+            ("estimated cost (at most)", f"${cost:.6f}"),
+        ):
             table.add_row(name, str(value))
         console.print(table)
     raise typer.Exit(1 if parsed.bad else 0)
 
 
-async def _run(parsed: Parsed, target: Target | None, settings: Settings | None,
-               namespace: str, concurrency: int, progress: Progress) -> Counts:
+async def _run(
+    parsed: Parsed,
+    target: Target | None,
+    settings: Settings | None,
+    namespace: str,
+    concurrency: int,
+    progress: Progress,
+) -> Counts:
     """Warm ``target``, or (without one) a kallm started here with ``settings``."""
     task = progress.add_task("warming", total=len(parsed.items))
 
@@ -120,30 +143,47 @@ async def _run(parsed: Parsed, target: Target | None, settings: Settings | None,
 
 
 def warm_command(
-    file: str = typer.Argument(..., help="Prompts, one a line (# comments), or JSONL: "
-                               "chat requests, or prompt/response pairs. '-' reads stdin."),
-    url: str | None = typer.Option(None, help="A running kallm, e.g. http://127.0.0.1:8080. "
-                                   "Without it kallm runs in-process with your settings and "
-                                   "saves its cache file at the end."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Model for lines that name "
-                                     "none (every plain-text line)."),
-    fmt: str = typer.Option("auto", "--format", help="auto (per line: '{' starts JSON), "
-                            "text or jsonl."),
-    concurrency: int = typer.Option(4, "--concurrency", "-c", min=1, max=256,
-                                    help="Requests in flight at once."),
-    api_key: str | None = typer.Option(None, envvar=["KALLM_API_KEY", "OPENAI_API_KEY"],
-                                       help="With --url: the key chat requests carry (a "
-                                       "virtual key when auth is on)."),
-    admin_key: str | None = typer.Option(None, envvar="KALLM_ADMIN_KEY", help="With --url: "
-                                         "the server's admin key, needed to import pairs."),
+    file: str = typer.Argument(
+        ...,
+        help="Prompts, one a line (# comments), or JSONL: "
+        "chat requests, or prompt/response pairs. '-' reads stdin.",
+    ),
+    url: str | None = typer.Option(
+        None,
+        help="A running kallm, e.g. http://127.0.0.1:8080. "
+        "Without it kallm runs in-process with your settings and "
+        "saves its cache file at the end.",
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model for lines that name none (every plain-text line)."
+    ),
+    fmt: str = typer.Option(
+        "auto", "--format", help="auto (per line: '{' starts JSON), text or jsonl."
+    ),
+    concurrency: int = typer.Option(
+        4, "--concurrency", "-c", min=1, max=256, help="Requests in flight at once."
+    ),
+    api_key: str | None = typer.Option(
+        None,
+        envvar=["KALLM_API_KEY", "OPENAI_API_KEY"],
+        help="With --url: the key chat requests carry (a virtual key when auth is on).",
+    ),
+    admin_key: str | None = typer.Option(
+        None,
+        envvar="KALLM_ADMIN_KEY",
+        help="With --url: the server's admin key, needed to import pairs.",
+    ),
     namespace: str = typer.Option("", help="Warm this tenant (X-Kallm-Namespace)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Parse, count and estimate the "
-                                 "cost; send nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Parse, count and estimate the cost; send nothing."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    config: Path | None = typer.Option(None, "--config", help="kallm.toml for the in-process "
-                                       "server (env KALLM_CONFIG)."),
-    cache_file: str | None = typer.Option(None, help="Cache file for the in-process server "
-                                          "(env KALLM_CACHE_FILE)."),
+    config: Path | None = typer.Option(
+        None, "--config", help="kallm.toml for the in-process server (env KALLM_CONFIG)."
+    ),
+    cache_file: str | None = typer.Option(
+        None, help="Cache file for the in-process server (env KALLM_CACHE_FILE)."
+    ),
 ) -> None:
     """Fill the cache before users arrive. Safe to re-run: what is cached is skipped, free.
 
@@ -155,8 +195,7 @@ def warm_command(
     parsed = parse_lines(_read(file).splitlines(), fmt, model)
     no_model = [p.line for p in parsed.bad if p.reason == NO_MODEL]
     if no_model:
-        fail(f"{len(no_model)} line(s) name no model (first: line {no_model[0]}); "
-             "pass --model")
+        fail(f"{len(no_model)} line(s) name no model (first: line {no_model[0]}); pass --model")
     console = Console(stderr=as_json)
     if dry_run:
         _dry_run(console, parsed, as_json)
@@ -165,22 +204,29 @@ def warm_command(
     if url is not None:
         target = Target(_root(url), api_key, admin_key, namespace)
         if parsed.imports and not admin_key:
-            fail(f"{parsed.imports} line(s) are prompt/response pairs: importing them needs "
-                 "--admin-key or KALLM_ADMIN_KEY")
+            fail(
+                f"{parsed.imports} line(s) are prompt/response pairs: importing them needs "
+                "--admin-key or KALLM_ADMIN_KEY"
+            )
         where = target.root
     else:
         loaded = settings_from(config, cache_file=cache_file)
         if loaded.settings.cache_file is None:
-            fail("cache.file is off, so an in-process run would keep nothing: set a cache "
-                 "file, or warm a running server with --url")
+            fail(
+                "cache.file is off, so an in-process run would keep nothing: set a cache "
+                "file, or warm a running server with --url"
+            )
         settings = loaded.settings
         where = f"in-process kallm, cache file {settings.cache_file}"
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     try:
         with Progress(*columns, console=console, disable=as_json) as progress:
-            counts = asyncio.run(_run(parsed, target, settings, namespace, concurrency,
-                                      progress))
+            counts = asyncio.run(_run(parsed, target, settings, namespace, concurrency, progress))
     except WarmError as exc:
         fail(str(exc))
     except (KallmError, OSError) as exc:  # the in-process server could not start

@@ -23,8 +23,9 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("kallm")) / "kallm.db"
 
 
-def connect(path: Path | str, *, readonly: bool = False,
-            busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+def connect(
+    path: Path | str, *, readonly: bool = False, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+) -> sqlite3.Connection:
     """A connection with kallm's settings; a writable one is migrated to the current schema.
 
     ``readonly`` opens with SQLite's ``mode=ro`` (SQLite itself refuses writes,
@@ -36,8 +37,9 @@ def connect(path: Path | str, *, readonly: bool = False,
     path = Path(path)
     timeout = busy_timeout_ms / 1000
     if readonly:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True,
-                               timeout=timeout, check_same_thread=False)
+        conn = sqlite3.connect(
+            path.resolve().as_uri() + "?mode=ro", uri=True, timeout=timeout, check_same_thread=False
+        )
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)

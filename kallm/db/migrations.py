@@ -85,7 +85,8 @@ def check_not_too_new(conn: sqlite3.Connection) -> int:
         raise SchemaTooNew(
             f"the database {_file_name(conn)} has schema version {version}, but this kallm "
             f"only knows up to version {len(MIGRATIONS)}; upgrade kallm or use another "
-            "database file")
+            "database file"
+        )
     return version
 
 

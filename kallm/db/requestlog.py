@@ -57,8 +57,9 @@ class RequestRow:
 
 
 _COLUMNS = tuple(f.name for f in fields(RequestRow))
-_INSERT = (f"INSERT INTO requests ({', '.join(_COLUMNS)}) "
-           f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
+_INSERT = (
+    f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
 _row_values = operator.attrgetter(*_COLUMNS)
 
 
@@ -84,9 +85,16 @@ class DatabaseWriter:
     opens its connection; tests use it to open the file read-only.
     """
 
-    def __init__(self, path: Path, *, max_queue: int = 10_000, batch_size: int = 500,
-                 flush_interval: float = 0.25, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
-                 opener: Callable[[Path], sqlite3.Connection] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_queue: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.25,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        opener: Callable[[Path], sqlite3.Connection] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.batch_size = max(1, batch_size)
         self.flush_interval = flush_interval
@@ -125,8 +133,7 @@ class DatabaseWriter:
         if self._closed:
             raise RuntimeError("DatabaseWriter is closed")
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="kallm-db-writer",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="kallm-db-writer", daemon=True)
             self._thread.start()
 
     def log(self, row: RequestRow) -> bool:
@@ -311,8 +318,14 @@ class DatabaseWriter:
             if kind in self._logged_kinds:
                 return
             self._logged_kinds.add(kind)
-        log.warning("database %s: %d log rows/statements dropped: %s; further %s errors "
-                    "are only counted (DatabaseWriter.dropped)", self.path, lost, message, kind)
+        log.warning(
+            "database %s: %d log rows/statements dropped: %s; further %s errors "
+            "are only counted (DatabaseWriter.dropped)",
+            self.path,
+            lost,
+            message,
+            kind,
+        )
 
 
 def _errorcode(exc: BaseException) -> int | None:

@@ -1,8 +1,8 @@
 """Embedders: text to unit vectors. ``create_embedder`` picks one by name.
 
-    local   static table distilled from all-MiniLM-L6-v2 + WordPiece (default; offline)
-    hash    hashed word/char n-grams (no data file; the fallback)
-    other   an upstream embedding model by name, through /v1/embeddings
+local   static table distilled from all-MiniLM-L6-v2 + WordPiece (default; offline)
+hash    hashed word/char n-grams (no data file; the fallback)
+other   an upstream embedding model by name, through /v1/embeddings
 """
 
 from __future__ import annotations

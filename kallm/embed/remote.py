@@ -39,8 +39,10 @@ class RemoteEmbedder:
     async def embed(self, text: str) -> np.ndarray:
         try:
             async with self._session.post(
-                self._url, json={"model": self.model, "input": text, "encoding_format": "float"},
-                headers=self._headers, timeout=self._timeout,
+                self._url,
+                json={"model": self.model, "input": text, "encoding_format": "float"},
+                headers=self._headers,
+                timeout=self._timeout,
             ) as response:
                 if response.status != 200:
                     raise EmbeddingError(f"{self._url} answered HTTP {response.status}")
@@ -48,8 +50,14 @@ class RemoteEmbedder:
             vector = np.asarray(body["data"][0]["embedding"], dtype=np.float32)
         except EmbeddingError:
             raise
-        except (aiohttp.ClientError, TimeoutError, KeyError, IndexError, TypeError,
-                ValueError) as exc:
+        except (
+            aiohttp.ClientError,
+            TimeoutError,
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+        ) as exc:
             raise EmbeddingError(f"{self._url}: {exc.__class__.__name__}: {exc}") from None
         if self.dim and vector.shape != (self.dim,):
             raise EmbeddingError(f"{self.model} returned dim {vector.shape}, expected {self.dim}")

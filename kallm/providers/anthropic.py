@@ -23,9 +23,13 @@ PROVIDER = "Anthropic"
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _THINKING_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384}
 _FINISH = {
-    "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
-    "max_tokens": "length", "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls", "refusal": "content_filter",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
 }
 # Anthropic error type -> (status to report, OpenAI type, OpenAI code)
 _ERRORS: dict[str, tuple[int | None, str, str | None]] = {
@@ -45,8 +49,11 @@ _TOOL_ID_BAD = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 def request_headers(api_key: str) -> dict[str, str]:
-    return {"x-api-key": api_key, "anthropic-version": API_VERSION,
-            "content-type": "application/json"}
+    return {
+        "x-api-key": api_key,
+        "anthropic-version": API_VERSION,
+        "content-type": "application/json",
+    }
 
 
 def chat_path() -> str:
@@ -59,12 +66,18 @@ def chat_path() -> str:
 
 def build_request(request: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
     """OpenAI chat request -> Messages body; RequestError (400) for what cannot be expressed."""
-    t.reject_unsupported(request, PROVIDER, {
-        "n": (None, 1), "presence_penalty": (None, 0), "frequency_penalty": (None, 0)})
+    t.reject_unsupported(
+        request,
+        PROVIDER,
+        {"n": (None, 1), "presence_penalty": (None, 0), "frequency_penalty": (None, 0)},
+    )
     response_format = request.get("response_format")
     if response_format not in (None, {"type": "text"}):
-        raise RequestError(f"'response_format' is not supported for {PROVIDER} models; "
-                           "ask for JSON in the prompt or use a tool", param="response_format")
+        raise RequestError(
+            f"'response_format' is not supported for {PROVIDER} models; "
+            "ask for JSON in the prompt or use a tool",
+            param="response_format",
+        )
     thinking = _thinking(request)
     thinks = thinking is not None and thinking.get("type") == "enabled"
     system, messages = _messages(request.get("messages") or [], thinks)
@@ -73,13 +86,17 @@ def build_request(request: dict[str, Any], model: str, stream: bool) -> dict[str
     if thinking is not None and thinks:
         budget = thinking.get("budget_tokens")
         if not isinstance(budget, int) or isinstance(budget, bool):
-            raise RequestError("'thinking.budget_tokens' must be an integer",
-                               param="thinking.budget_tokens")
+            raise RequestError(
+                "'thinking.budget_tokens' must be an integer", param="thinking.budget_tokens"
+            )
         if limit is None:
             limit = budget + DEFAULT_MAX_TOKENS
         elif limit <= budget:
-            raise RequestError(f"'max_tokens' must be greater than the thinking budget "
-                               f"({budget}) for {PROVIDER} models", param="max_tokens")
+            raise RequestError(
+                f"'max_tokens' must be greater than the thinking budget "
+                f"({budget}) for {PROVIDER} models",
+                param="max_tokens",
+            )
     body["max_tokens"] = limit or DEFAULT_MAX_TOKENS
     if system:
         body["system"] = system
@@ -106,8 +123,10 @@ def _thinking(request: dict[str, Any]) -> dict[str, Any] | None:
     if effort is None or effort in ("none", "minimal"):
         return None
     if effort not in _THINKING_BUDGETS:
-        raise RequestError("'reasoning_effort' must be none, minimal, low, medium or high",
-                           param="reasoning_effort")
+        raise RequestError(
+            "'reasoning_effort' must be none, minimal, low, medium or high",
+            param="reasoning_effort",
+        )
     return {"type": "enabled", "budget_tokens": _THINKING_BUDGETS[effort]}
 
 
@@ -126,8 +145,10 @@ def _messages(messages: list[dict[str, Any]], thinks: bool) -> tuple[Any, list[d
         elif role == "tool":
             _append(turns, "user", [_tool_result(message, param)])
         else:
-            raise RequestError(f"'{param}.role' {role!r} is not supported for {PROVIDER} models",
-                               param=f"{param}.role")
+            raise RequestError(
+                f"'{param}.role' {role!r} is not supported for {PROVIDER} models",
+                param=f"{param}.role",
+            )
     for turn in turns:
         if turn["role"] == "user":  # tool results must open the user turn that answers them
             turn["content"].sort(key=lambda block: block["type"] != "tool_result")
@@ -186,8 +207,9 @@ def _user_blocks(content: Any, param: str) -> list[dict[str, Any]]:
         elif kind == "file":
             blocks.append(_document(part.get("file"), f"{where}.file"))
         else:
-            raise RequestError(f"content part type {kind!r} is not supported for {PROVIDER} "
-                               "models", param=where)
+            raise RequestError(
+                f"content part type {kind!r} is not supported for {PROVIDER} models", param=where
+            )
     return blocks
 
 
@@ -199,8 +221,10 @@ def _image(image: Any, param: str) -> dict[str, Any]:
     if data is not None:
         mime, b64 = data
         if mime not in _IMAGE_TYPES:
-            raise RequestError(f"image type {mime!r} is not supported; use "
-                               f"{', '.join(sorted(_IMAGE_TYPES))}", param=f"{param}.url")
+            raise RequestError(
+                f"image type {mime!r} is not supported; use {', '.join(sorted(_IMAGE_TYPES))}",
+                param=f"{param}.url",
+            )
         return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": b64}}
     if url.startswith(("https://", "http://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
@@ -211,10 +235,14 @@ def _document(file: Any, param: str) -> dict[str, Any]:
     raw = file.get("file_data") if isinstance(file, dict) else None
     data = t.parse_data_url(raw, f"{param}.file_data") if isinstance(raw, str) else None
     if data is None or data[0] != "application/pdf":
-        raise RequestError(f"only PDF files sent as 'file_data' data: URLs are supported for "
-                           f"{PROVIDER} models", param=param)
-    return {"type": "document",
-            "source": {"type": "base64", "media_type": data[0], "data": data[1]}}
+        raise RequestError(
+            f"only PDF files sent as 'file_data' data: URLs are supported for {PROVIDER} models",
+            param=param,
+        )
+    return {
+        "type": "document",
+        "source": {"type": "base64", "media_type": data[0], "data": data[1]},
+    }
 
 
 def _assistant_blocks(message: dict[str, Any], param: str, thinks: bool) -> list[dict[str, Any]]:
@@ -230,8 +258,9 @@ def _assistant_blocks(message: dict[str, Any], param: str, thinks: bool) -> list
     for j, part in enumerate(t.content_parts(message.get("content"), f"{param}.content")):
         text = part.get("text") if part.get("type") == "text" else part.get("refusal")
         if not isinstance(text, str):
-            raise RequestError(f"'{param}.content[{j}]' must be a text part",
-                               param=f"{param}.content[{j}]")
+            raise RequestError(
+                f"'{param}.content[{j}]' must be a text part", param=f"{param}.content[{j}]"
+            )
         if text:
             blocks.append({"type": "text", "text": text})
     for k, call in enumerate(message.get("tool_calls") or []):
@@ -239,10 +268,16 @@ def _assistant_blocks(message: dict[str, Any], param: str, thinks: bool) -> list
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise RequestError(f"'{where}.function.name' is required", param=where)
-        blocks.append({"type": "tool_use", "id": _tool_id(call.get("id"), f"{where}.id"),
-                       "name": function["name"],
-                       "input": t.parse_arguments(function.get("arguments"),
-                                                  f"{where}.function.arguments")})
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": _tool_id(call.get("id"), f"{where}.id"),
+                "name": function["name"],
+                "input": t.parse_arguments(
+                    function.get("arguments"), f"{where}.function.arguments"
+                ),
+            }
+        )
     return blocks
 
 
@@ -280,10 +315,12 @@ def _add_tools(body: dict[str, Any], request: dict[str, Any]) -> None:
     body["tools"] = tools
     mode, name = choice or ("auto", None)
     if mode == "function" and name not in names:
-        raise RequestError(f"'tool_choice' names {name!r}, which is not in 'tools'",
-                           param="tool_choice")
-    native: dict[str, Any] = {"type": {"auto": "auto", "none": "none", "required": "any",
-                                       "function": "tool"}[mode]}
+        raise RequestError(
+            f"'tool_choice' names {name!r}, which is not in 'tools'", param="tool_choice"
+        )
+    native: dict[str, Any] = {
+        "type": {"auto": "auto", "none": "none", "required": "any", "function": "tool"}[mode]
+    }
     if name is not None:
         native["name"] = name
     if request.get("parallel_tool_calls") is False and mode != "none":
@@ -307,9 +344,16 @@ def translate_response(body: dict[str, Any], model: str) -> dict[str, Any]:
             reasoning.append(block.get("thinking") or "")
             signature = signature or block.get("signature")
         elif kind == "tool_use":
-            calls.append({"id": block.get("id", ""), "type": "function",
-                          "function": {"name": block.get("name", ""),
-                                       "arguments": t.arguments_json(block.get("input"))}})
+            calls.append(
+                {
+                    "id": block.get("id", ""),
+                    "type": "function",
+                    "function": {
+                        "name": block.get("name", ""),
+                        "arguments": t.arguments_json(block.get("input")),
+                    },
+                }
+            )
     text = "".join(texts)
     message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
     if reasoning:
@@ -318,10 +362,18 @@ def translate_response(body: dict[str, Any], model: str) -> dict[str, Any]:
             message["reasoning_signature"] = signature
     if calls:
         message["tool_calls"] = calls
-    choice = {"index": 0, "message": message, "logprobs": None,
-              "finish_reason": _FINISH.get(body.get("stop_reason") or "", "stop")}
-    return t.completion("chatcmpl-" + str(body.get("id") or t.new_id("")), model, [choice],
-                        _usage(body.get("usage") or {}))
+    choice = {
+        "index": 0,
+        "message": message,
+        "logprobs": None,
+        "finish_reason": _FINISH.get(body.get("stop_reason") or "", "stop"),
+    }
+    return t.completion(
+        "chatcmpl-" + str(body.get("id") or t.new_id("")),
+        model,
+        [choice],
+        _usage(body.get("usage") or {}),
+    )
 
 
 def _usage(native: dict[str, Any]) -> dict[str, Any]:
@@ -359,8 +411,9 @@ class StreamTranslator:
             message = data.get("message") or {}
             if message.get("id"):
                 self.id = "chatcmpl-" + message["id"]
-            self._usage.update({k: v for k, v in (message.get("usage") or {}).items()
-                                if v is not None})
+            self._usage.update(
+                {k: v for k, v in (message.get("usage") or {}).items() if v is not None}
+            )
             return [self._chunk({"role": "assistant"})]
         if kind == "content_block_start":
             return self._block_start(data.get("index", 0), data.get("content_block") or {})
@@ -372,8 +425,9 @@ class StreamTranslator:
                 return [self._tool_delta(tool, {"arguments": "{}"})]
             return []
         if kind == "message_delta":
-            self._usage.update({k: v for k, v in (data.get("usage") or {}).items()
-                                if v is not None})
+            self._usage.update(
+                {k: v for k, v in (data.get("usage") or {}).items() if v is not None}
+            )
             reason = (data.get("delta") or {}).get("stop_reason")
             if reason is None:
                 return []
@@ -385,9 +439,11 @@ class StreamTranslator:
             return [t.chunk(self.id, self.created, self.model, [], _usage(self._usage))]
         if kind == "error":
             error = data.get("error") or {}
-            raise UpstreamError(f"{PROVIDER} stream error: "
-                                f"{error.get('message') or error.get('type') or 'unknown'}",
-                                code=str(error.get("type") or "upstream_error"))
+            raise UpstreamError(
+                f"{PROVIDER} stream error: "
+                f"{error.get('message') or error.get('type') or 'unknown'}",
+                code=str(error.get("type") or "upstream_error"),
+            )
         return []  # ping, and event types added after this was written
 
     def _block_start(self, index: int, block: dict[str, Any]) -> list[dict[str, Any]]:
@@ -397,17 +453,25 @@ class StreamTranslator:
             return [self._chunk({"content": block["text"]})]
         if kind == "thinking":
             self._thinking_blocks += 1
-            return [self._chunk({"reasoning_content": block["thinking"]})] \
-                if block.get("thinking") else []
+            return (
+                [self._chunk({"reasoning_content": block["thinking"]})]
+                if block.get("thinking")
+                else []
+            )
         if kind == "tool_use":
             tool = {"index": len(self._tools), "args": False}
             self._tools[index] = tool
-            head = {"index": tool["index"], "id": block.get("id", ""), "type": "function",
-                    "function": {"name": block.get("name", ""), "arguments": ""}}
+            head = {
+                "index": tool["index"],
+                "id": block.get("id", ""),
+                "type": "function",
+                "function": {"name": block.get("name", ""), "arguments": ""},
+            }
             chunks = [self._chunk({"tool_calls": [head]})]
             if block.get("input"):
-                chunks.append(self._tool_delta(tool, {"arguments":
-                                                      t.arguments_json(block["input"])}))
+                chunks.append(
+                    self._tool_delta(tool, {"arguments": t.arguments_json(block["input"])})
+                )
             return chunks
         return []
 
@@ -443,7 +507,8 @@ def translate_error(status: int, body: bytes) -> tuple[int, dict[str, Any]]:
     native = str(error.get("type") or "")
     message = str(error.get("message") or native or f"upstream returned HTTP {status}")
     override, kind, code = _ERRORS.get(
-        native, (None, "server_error" if status >= 500 else "invalid_request_error", None))
+        native, (None, "server_error" if status >= 500 else "invalid_request_error", None)
+    )
     if native == "not_found_error" and message.startswith("model:"):
         code = "model_not_found"
     match = _PARAM_PREFIX.match(message)

@@ -22,8 +22,19 @@ from kallm.providers.config import ProviderConfig
 
 # RFC 9110 §7.6.1 connection-specific headers, plus ones a proxy must set itself.
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-     "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
 )
 
 
@@ -79,8 +90,9 @@ class Adapter(Protocol):
 
 
 class Provider:
-    def __init__(self, config: ProviderConfig, adapter: Adapter, connect_timeout: float,
-                 timeout: float):
+    def __init__(
+        self, config: ProviderConfig, adapter: Adapter, connect_timeout: float, timeout: float
+    ):
         self.config = config
         self.name = config.name
         self.kind = config.kind
@@ -96,7 +108,9 @@ class Provider:
         # auto_decompress off: passthrough relays encoded bytes untouched.
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=False,
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,
         )
         return self.session
 
@@ -128,7 +142,8 @@ class Provider:
         try:
             yield
         except TimeoutError:
-            raise UpstreamTimeout(f"provider {self.name} ({self.base_url}) did not answer in "
-                                  "time") from None
+            raise UpstreamTimeout(
+                f"provider {self.name} ({self.base_url}) did not answer in time"
+            ) from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"provider {self.name} ({self.base_url}) failed: {exc}") from None

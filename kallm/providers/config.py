@@ -21,11 +21,23 @@ DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com",
     "gemini": "https://generativelanguage.googleapis.com",
 }
-DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
-                   "gemini": "GEMINI_API_KEY"}
+DEFAULT_KEY_ENV = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_PROVIDER_KEYS = {"name", "kind", "base_url", "api_key_env", "api_key", "models", "timeout",
-                  "connect_timeout", "max_retries"}
+_PROVIDER_KEYS = {
+    "name",
+    "kind",
+    "base_url",
+    "api_key_env",
+    "api_key",
+    "models",
+    "timeout",
+    "connect_timeout",
+    "max_retries",
+}
 
 
 @dataclass(frozen=True)
@@ -62,20 +74,22 @@ def parse_providers(
             raise ConfigError(f"{where} must be a table")
         unknown = set(item) - _PROVIDER_KEYS
         if unknown:
-            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; known: "
-                              + ", ".join(sorted(_PROVIDER_KEYS)))
+            raise ConfigError(
+                f"{where}: unknown key {sorted(unknown)[0]!r}; known: "
+                + ", ".join(sorted(_PROVIDER_KEYS))
+            )
         name = str(item.get("name", ""))
         if not _NAME.fullmatch(name):
             raise ConfigError(f"{where}: 'name' is required (letters, digits, . _ -)")
         kind = str(item.get("kind", "openai"))
         if kind not in KINDS:
-            raise ConfigError(f"{where} ({name}): kind {kind!r}; expected one of "
-                              + ", ".join(KINDS))
+            raise ConfigError(
+                f"{where} ({name}): kind {kind!r}; expected one of " + ", ".join(KINDS)
+            )
         try:
             base_url = parse_url(item.get("base_url", DEFAULT_BASE_URLS[kind]))
             timeout = parse_duration(item["timeout"]) if "timeout" in item else None
-            connect = (parse_duration(item["connect_timeout"])
-                       if "connect_timeout" in item else None)
+            connect = parse_duration(item["connect_timeout"]) if "connect_timeout" in item else None
         except ValueError as exc:
             raise ConfigError(f"{where} ({name}): expected {exc}") from None
         models = item.get("models", ["*"])
@@ -88,8 +102,11 @@ def parse_providers(
             raise ConfigError(f"{where} ({name}): max_retries must be a whole number 0-10")
         key_env = item.get("api_key_env", DEFAULT_KEY_ENV[kind])
         api_key = item.get("api_key") or (environ.get(key_env) if key_env else None) or None
-        providers.append(ProviderConfig(name, kind, base_url, api_key, key_env, tuple(models),
-                                        timeout, connect, retries))
+        providers.append(
+            ProviderConfig(
+                name, kind, base_url, api_key, key_env, tuple(models), timeout, connect, retries
+            )
+        )
     names = [p.name for p in providers]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
@@ -110,7 +127,7 @@ def parse_aliases(
         if isinstance(route, str):
             route = [route]
         if not isinstance(route, list) or not route:
-            raise ConfigError(f"{origin}: [models.{alias}] needs route = [\"provider/model\", ...]")
+            raise ConfigError(f'{origin}: [models.{alias}] needs route = ["provider/model", ...]')
         for step in route:
             provider = str(step).split("/", 1)[0]
             if "/" not in str(step) or (names and provider not in names):

@@ -27,8 +27,17 @@ PROVIDER = "Gemini"
 # The documented stand-in (ai.google.dev/gemini-api/docs/thought-signatures).
 SKIP_SIGNATURE = "skip_thought_signature_validator"
 
-_FILTERED = ("SAFETY", "RECITATION", "LANGUAGE", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
-             "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION")
+_FILTERED = (
+    "SAFETY",
+    "RECITATION",
+    "LANGUAGE",
+    "BLOCKLIST",
+    "PROHIBITED_CONTENT",
+    "SPII",
+    "IMAGE_SAFETY",
+    "IMAGE_PROHIBITED_CONTENT",
+    "IMAGE_RECITATION",
+)
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length", **dict.fromkeys(_FILTERED, "content_filter")}
 _BUDGETS = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
 # google.rpc status -> (OpenAI type, OpenAI code)
@@ -83,9 +92,14 @@ def build_request(request: dict[str, Any], model: str) -> dict[str, Any]:
 
 def _generation_config(request: dict[str, Any], model: str) -> dict[str, Any]:
     config: dict[str, Any] = {}
-    for name, native in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"),
-                         ("seed", "seed"), ("presence_penalty", "presencePenalty"),
-                         ("frequency_penalty", "frequencyPenalty")):
+    for name, native in (
+        ("temperature", "temperature"),
+        ("top_p", "topP"),
+        ("top_k", "topK"),
+        ("seed", "seed"),
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+    ):
         if request.get(name) is not None:
             config[native] = request[name]
     if (limit := t.max_tokens(request)) is not None:
@@ -114,14 +128,16 @@ def _response_format(value: Any) -> dict[str, Any]:
     if kind == "json_schema":
         spec = value.get("json_schema")
         if not isinstance(spec, dict):
-            raise RequestError("'response_format.json_schema' is required",
-                               param="response_format.json_schema")
+            raise RequestError(
+                "'response_format.json_schema' is required", param="response_format.json_schema"
+            )
         out: dict[str, Any] = {"responseMimeType": "application/json"}
         if isinstance(spec.get("schema"), dict):
             out["responseJsonSchema"] = spec["schema"]
         return out
-    raise RequestError("'response_format.type' must be text, json_object or json_schema",
-                       param="response_format")
+    raise RequestError(
+        "'response_format.type' must be text, json_object or json_schema", param="response_format"
+    )
 
 
 def _thinking(request: dict[str, Any], model: str) -> dict[str, Any] | None:
@@ -133,11 +149,15 @@ def _thinking(request: dict[str, Any], model: str) -> dict[str, Any] | None:
     if effort is None:
         return None
     if effort not in _BUDGETS:
-        raise RequestError("'reasoning_effort' must be none, minimal, low, medium or high",
-                           param="reasoning_effort")
+        raise RequestError(
+            "'reasoning_effort' must be none, minimal, low, medium or high",
+            param="reasoning_effort",
+        )
     if _signs_calls(model):  # Gemini 3 thinks in levels, not budgets
-        return {"thinkingLevel": "minimal" if effort == "none" else effort,
-                "includeThoughts": effort != "none"}
+        return {
+            "thinkingLevel": "minimal" if effort == "none" else effort,
+            "includeThoughts": effort != "none",
+        }
     return {"thinkingBudget": _BUDGETS[effort], "includeThoughts": effort != "none"}
 
 
@@ -162,8 +182,10 @@ def _contents(messages: list[dict[str, Any]], signs: bool) -> tuple[str, list[di
         elif role == "tool":
             _append(contents, "user", [_function_response(message, param, names)])
         else:
-            raise RequestError(f"'{param}.role' {role!r} is not supported for {PROVIDER} models",
-                               param=f"{param}.role")
+            raise RequestError(
+                f"'{param}.role' {role!r} is not supported for {PROVIDER} models",
+                param=f"{param}.role",
+            )
     if not contents or contents[0]["role"] != "user":
         contents.insert(0, {"role": "user", "parts": [{"text": "."}]})
     return "\n\n".join(system), contents
@@ -193,34 +215,37 @@ def _user_parts(content: Any, param: str) -> list[dict[str, Any]]:
             audio = part.get("input_audio") or {}
             fmt = audio.get("format")
             if fmt not in ("wav", "mp3") or not isinstance(audio.get("data"), str):
-                raise RequestError("'input_audio' needs base64 'data' and format wav or mp3",
-                                   param=where)
+                raise RequestError(
+                    "'input_audio' needs base64 'data' and format wav or mp3", param=where
+                )
             parts.append({"inlineData": {"mimeType": f"audio/{fmt}", "data": audio["data"]}})
         elif kind == "file":
             file = part.get("file") or {}
             parts.append(_inline(file.get("file_data"), f"{where}.file.file_data", "files"))
         else:
-            raise RequestError(f"content part type {kind!r} is not supported for {PROVIDER} "
-                               "models", param=where)
+            raise RequestError(
+                f"content part type {kind!r} is not supported for {PROVIDER} models", param=where
+            )
     return parts
 
 
 def _inline(url: Any, param: str, what: str) -> dict[str, Any]:
     data = t.parse_data_url(url, param) if isinstance(url, str) else None
     if data is None:  # Gemini fetches no arbitrary URLs; callers must inline the bytes
-        raise RequestError(f"{what} must be base64 data: URLs for {PROVIDER} models",
-                           param=param)
+        raise RequestError(f"{what} must be base64 data: URLs for {PROVIDER} models", param=param)
     return {"inlineData": {"mimeType": data[0], "data": data[1]}}
 
 
-def _model_parts(message: dict[str, Any], param: str, names: dict[str, str],
-                 signs: bool) -> list[dict[str, Any]]:
+def _model_parts(
+    message: dict[str, Any], param: str, names: dict[str, str], signs: bool
+) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     for j, part in enumerate(t.content_parts(message.get("content"), f"{param}.content")):
         text = part.get("text") if part.get("type") == "text" else part.get("refusal")
         if not isinstance(text, str):
-            raise RequestError(f"'{param}.content[{j}]' must be a text part",
-                               param=f"{param}.content[{j}]")
+            raise RequestError(
+                f"'{param}.content[{j}]' must be a text part", param=f"{param}.content[{j}]"
+            )
         if text:
             parts.append({"text": text})
     for k, call in enumerate(message.get("tool_calls") or []):
@@ -230,10 +255,12 @@ def _model_parts(message: dict[str, Any], param: str, names: dict[str, str],
             raise RequestError(f"'{where}.function.name' is required", param=where)
         if isinstance(call.get("id"), str):
             names[call["id"]] = function["name"]
-        native: dict[str, Any] = {"functionCall": {
-            "name": function["name"],
-            "args": t.parse_arguments(function.get("arguments"), f"{where}.function.arguments"),
-        }}
+        native: dict[str, Any] = {
+            "functionCall": {
+                "name": function["name"],
+                "args": t.parse_arguments(function.get("arguments"), f"{where}.function.arguments"),
+            }
+        }
         google = (call.get("extra_content") or {}).get("google") or {}
         if isinstance(google.get("thought_signature"), str):
             native["thoughtSignature"] = google["thought_signature"]
@@ -243,14 +270,17 @@ def _model_parts(message: dict[str, Any], param: str, names: dict[str, str],
     return parts
 
 
-def _function_response(message: dict[str, Any], param: str,
-                       names: dict[str, str]) -> dict[str, Any]:
+def _function_response(
+    message: dict[str, Any], param: str, names: dict[str, str]
+) -> dict[str, Any]:
     call_id = message.get("tool_call_id")
     name = names.get(call_id) if isinstance(call_id, str) else None
     name = name or message.get("name")
     if not isinstance(name, str):
-        raise RequestError(f"'{param}.tool_call_id' does not match a tool call of an earlier "
-                           "assistant message", param=f"{param}.tool_call_id")
+        raise RequestError(
+            f"'{param}.tool_call_id' does not match a tool call of an earlier assistant message",
+            param=f"{param}.tool_call_id",
+        )
     text = t.text_of(message.get("content"), f"{param}.content")
     try:
         value = json.loads(text)
@@ -278,10 +308,12 @@ def _add_tools(body: dict[str, Any], request: dict[str, Any]) -> None:
         return
     mode, name = choice
     if mode == "function" and name not in {f["name"] for f in functions}:
-        raise RequestError(f"'tool_choice' names {name!r}, which is not in 'tools'",
-                           param="tool_choice")
-    config: dict[str, Any] = {"mode": {"auto": "AUTO", "none": "NONE", "required": "ANY",
-                                       "function": "ANY"}[mode]}
+        raise RequestError(
+            f"'tool_choice' names {name!r}, which is not in 'tools'", param="tool_choice"
+        )
+    config: dict[str, Any] = {
+        "mode": {"auto": "AUTO", "none": "NONE", "required": "ANY", "function": "ANY"}[mode]
+    }
     if name is not None:
         config["allowedFunctionNames"] = [name]
     body["toolConfig"] = {"functionCallingConfig": config}
@@ -292,9 +324,11 @@ def _add_tools(body: dict[str, Any], request: dict[str, Any]) -> None:
 
 def _tool_call(part: dict[str, Any]) -> dict[str, Any]:
     call = part["functionCall"]
-    out: dict[str, Any] = {"id": call.get("id") or t.new_id("call_"), "type": "function",
-                           "function": {"name": call.get("name", ""),
-                                        "arguments": t.arguments_json(call.get("args"))}}
+    out: dict[str, Any] = {
+        "id": call.get("id") or t.new_id("call_"),
+        "type": "function",
+        "function": {"name": call.get("name", ""), "arguments": t.arguments_json(call.get("args"))},
+    }
     if part.get("thoughtSignature"):
         out["extra_content"] = {"google": {"thought_signature": part["thoughtSignature"]}}
     return out
@@ -317,18 +351,28 @@ def translate_response(body: dict[str, Any], model: str) -> dict[str, Any]:
             elif isinstance(part.get("text"), str):
                 (thoughts if part.get("thought") else texts).append(part["text"])
         text = "".join(texts)
-        message: dict[str, Any] = {"role": "assistant",
-                                   "content": text or (None if calls else "")}
+        message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
         if thoughts:
             message["reasoning_content"] = "".join(thoughts)
         if calls:
             message["tool_calls"] = calls
-        choices.append({"index": candidate.get("index", position), "message": message,
-                        "logprobs": None,
-                        "finish_reason": _finish(candidate.get("finishReason"), bool(calls))})
+        choices.append(
+            {
+                "index": candidate.get("index", position),
+                "message": message,
+                "logprobs": None,
+                "finish_reason": _finish(candidate.get("finishReason"), bool(calls)),
+            }
+        )
     if not choices:  # promptFeedback.blockReason: the prompt itself was refused
-        choices = [{"index": 0, "message": {"role": "assistant", "content": ""},
-                    "logprobs": None, "finish_reason": "content_filter"}]
+        choices = [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": "content_filter",
+            }
+        ]
     response_id = body.get("responseId")
     completion_id = "chatcmpl-" + response_id if response_id else t.new_id()
     return t.completion(completion_id, model, choices, _usage(body.get("usageMetadata")))
@@ -340,8 +384,12 @@ def _usage(meta: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     prompt = (meta.get("promptTokenCount") or 0) + (meta.get("toolUsePromptTokenCount") or 0)
     thoughts = meta.get("thoughtsTokenCount") or 0
-    out = t.usage(prompt, (meta.get("candidatesTokenCount") or 0) + thoughts,
-                  cached=meta.get("cachedContentTokenCount") or 0, reasoning=thoughts)
+    out = t.usage(
+        prompt,
+        (meta.get("candidatesTokenCount") or 0) + thoughts,
+        cached=meta.get("cachedContentTokenCount") or 0,
+        reasoning=thoughts,
+    )
     if meta.get("totalTokenCount"):
         out["total_tokens"] = meta["totalTokenCount"]
     return out
@@ -369,9 +417,10 @@ class StreamTranslator:
     def feed(self, event: str | None, data: dict[str, Any]) -> list[dict[str, Any]]:
         if isinstance(data.get("error"), dict):
             error = data["error"]
-            raise UpstreamError(f"{PROVIDER} stream error: "
-                                f"{error.get('message') or error.get('status')}",
-                                code=str(error.get("status") or "upstream_error").lower())
+            raise UpstreamError(
+                f"{PROVIDER} stream error: {error.get('message') or error.get('status')}",
+                code=str(error.get("status") or "upstream_error").lower(),
+            )
         if not self._started:
             self._started = True
             if data.get("responseId"):
@@ -435,7 +484,8 @@ def translate_error(status: int, body: bytes) -> tuple[int, dict[str, Any]]:
     native = str(error.get("status") or "")
     message = str(error.get("message") or native or f"upstream returned HTTP {status}")
     kind, code = _ERRORS.get(
-        native, ("server_error" if code_status >= 500 else "invalid_request_error", None))
+        native, ("server_error" if code_status >= 500 else "invalid_request_error", None)
+    )
     reasons = {d.get("reason") for d in error.get("details") or [] if isinstance(d, dict)}
     if "API_KEY_INVALID" in reasons:  # Gemini says 400; every OpenAI client expects 401
         return 401, t.error_body(message, "authentication_error", None, "invalid_api_key")

@@ -82,8 +82,11 @@ class AnthropicAdapter(_NativeAdapter):
 
     def chat_call(self, provider: Provider, call: ChatCall) -> HttpCall:
         body = anthropic.build_request(call.payload, call.model, call.stream)
-        return HttpCall(provider.url(anthropic.chat_path()), anthropic.request_headers(
-            _key(provider)), json.dumps(body).encode())
+        return HttpCall(
+            provider.url(anthropic.chat_path()),
+            anthropic.request_headers(_key(provider)),
+            json.dumps(body).encode(),
+        )
 
     def stream(self, model: str) -> TranslatingRelay:
         return TranslatingRelay(anthropic.StreamTranslator(model))
@@ -95,8 +98,11 @@ class GeminiAdapter(_NativeAdapter):
 
     def chat_call(self, provider: Provider, call: ChatCall) -> HttpCall:
         body = gemini.build_request(call.payload, call.model)
-        return HttpCall(provider.url(gemini.chat_path(call.model, call.stream)),
-                        gemini.request_headers(_key(provider)), json.dumps(body).encode())
+        return HttpCall(
+            provider.url(gemini.chat_path(call.model, call.stream)),
+            gemini.request_headers(_key(provider)),
+            json.dumps(body).encode(),
+        )
 
     def stream(self, model: str) -> GeminiRelay:
         return GeminiRelay(gemini.StreamTranslator(model))

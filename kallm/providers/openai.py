@@ -50,8 +50,10 @@ class OpenAIAdapter:
         if call.stream or call.payload.get("model") != call.model:
             body: dict[str, Any] = {**call.payload, "model": call.model}
             if call.stream:  # ask for usage so the answer can be priced and replayed
-                body["stream_options"] = {**(call.payload.get("stream_options") or {}),
-                                          "include_usage": True}
+                body["stream_options"] = {
+                    **(call.payload.get("stream_options") or {}),
+                    "include_usage": True,
+                }
             data = json.dumps(body).encode()
         return HttpCall(provider.url("/chat/completions"), headers, data)
 

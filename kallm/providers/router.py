@@ -59,15 +59,27 @@ def provider_configs(settings: Settings) -> tuple[ProviderConfig, ...]:
     """The configured providers, or the one implicit OpenAI upstream of the core settings."""
     if settings.providers:
         return settings.providers
-    return (ProviderConfig("openai", "openai", settings.upstream_base_url,
-                           settings.upstream_api_key, "OPENAI_API_KEY", ("*",)),)
+    return (
+        ProviderConfig(
+            "openai",
+            "openai",
+            settings.upstream_base_url,
+            settings.upstream_api_key,
+            "OPENAI_API_KEY",
+            ("*",),
+        ),
+    )
 
 
 class Router:
     def __init__(self, settings: Settings, backoff: float = 0.25):
         self.providers = [
-            Provider(config, adapter_for(config.kind), settings.upstream_connect_timeout,
-                     settings.upstream_timeout)
+            Provider(
+                config,
+                adapter_for(config.kind),
+                settings.upstream_connect_timeout,
+                settings.upstream_timeout,
+            )
             for config in provider_configs(settings)
         ]
         self._by_name = {p.name: p for p in self.providers}
@@ -99,7 +111,9 @@ class Router:
         known = [m for p in self.providers for m in p.config.models] + list(self.aliases)
         raise ModelNotFound(
             f"The model '{model}' is not served by any configured provider. "
-            f"Configured: {', '.join(known)}", param="model")
+            f"Configured: {', '.join(known)}",
+            param="model",
+        )
 
     def _explicit(self, step: str) -> Route:
         name, model = step.split("/", 1)
@@ -107,8 +121,12 @@ class Router:
 
     def listed_models(self) -> list[str]:
         """Concrete model names and aliases for GET /v1/models (patterns are left out)."""
-        names = [f"{p.name}/{m}" for p in self.providers for m in p.config.models
-                 if not any(c in m for c in "*?[")]
+        names = [
+            f"{p.name}/{m}"
+            for p in self.providers
+            for m in p.config.models
+            if not any(c in m for c in "*?[")
+        ]
         return names + list(self.aliases)
 
     async def open_chat(self, routes: list[Route], call: ChatCall) -> Opened:
@@ -123,8 +141,10 @@ class Router:
                 final = is_last_route and attempt == tries - 1
                 try:
                     response = await route.provider.open_chat(
-                        ChatCall(call.payload, call.raw, route.model, call.stream,
-                                 call.client_headers))
+                        ChatCall(
+                            call.payload, call.raw, route.model, call.stream, call.client_headers
+                        )
+                    )
                 except UpstreamError as exc:
                     last_error = exc
                     if final:
@@ -135,19 +155,38 @@ class Router:
                     return Opened(route, response, attempts)
                 retry_after = response.headers.get("Retry-After")
                 response.release()
-                await self._pause(attempt, retry_after, route, f"HTTP {response.status}",
-                                  response.status, next_route=attempt == tries - 1)
+                await self._pause(
+                    attempt,
+                    retry_after,
+                    route,
+                    f"HTTP {response.status}",
+                    response.status,
+                    next_route=attempt == tries - 1,
+                )
         raise last_error or UpstreamError("no route answered")  # unreachable in practice
 
-    async def _pause(self, attempt: int, retry_after: str | None, route: Route, why: str,
-                     status: int, next_route: bool = False) -> None:
+    async def _pause(
+        self,
+        attempt: int,
+        retry_after: str | None,
+        route: Route,
+        why: str,
+        status: int,
+        next_route: bool = False,
+    ) -> None:
         if next_route:
             log.warning("%s/%s: %s; trying the next route", route.provider.name, route.model, why)
             return
-        delay = self.backoff * (2 ** attempt) * (0.5 + random.random())
+        delay = self.backoff * (2**attempt) * (0.5 + random.random())
         if retry_after is not None:
             with contextlib.suppress(ValueError):
                 delay = max(delay, min(float(retry_after), MAX_RETRY_AFTER))
-        log.info("%s/%s: %s (status %d); retry in %.2fs", route.provider.name, route.model,
-                 why, status, delay)
+        log.info(
+            "%s/%s: %s (status %d); retry in %.2fs",
+            route.provider.name,
+            route.model,
+            why,
+            status,
+            delay,
+        )
         await self.sleep(delay)

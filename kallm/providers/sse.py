@@ -99,12 +99,21 @@ class StreamAssembler:
             state = self.choices[index]
             message = state["message"]
             message.setdefault("content", None)
-            choices.append({"index": index, "message": message,
-                            "logprobs": state.get("logprobs"),
-                            "finish_reason": state["finish_reason"]})
-        body = {"id": self.top.get("id", ""), "object": "chat.completion",
-                "created": self.top.get("created", 0), "model": self.top.get("model", ""),
-                "choices": choices}
+            choices.append(
+                {
+                    "index": index,
+                    "message": message,
+                    "logprobs": state.get("logprobs"),
+                    "finish_reason": state["finish_reason"],
+                }
+            )
+        body = {
+            "id": self.top.get("id", ""),
+            "object": "chat.completion",
+            "created": self.top.get("created", 0),
+            "model": self.top.get("model", ""),
+            "choices": choices,
+        }
         for name in ("system_fingerprint", "service_tier"):
             if name in self.top:
                 body[name] = self.top[name]
@@ -134,6 +143,7 @@ def _merge_tool_calls(calls: list[dict[str, Any]], deltas: list[dict[str, Any]])
 
 # ---------------------------------------------------------------- replay
 
+
 def _split_text(text: str) -> list[str]:
     pieces, start = [], 0
     while start < len(text):
@@ -153,19 +163,48 @@ def encode_chunk(payload: dict[str, Any]) -> bytes:
 
 def replay_events(completion: dict[str, Any], include_usage: bool) -> list[bytes]:
     """The SSE events (ending in [DONE]) that stream ``completion`` to a client."""
-    base = {"id": completion["id"], "object": "chat.completion.chunk",
-            "created": completion["created"], "model": completion.get("model", "")}
+    base = {
+        "id": completion["id"],
+        "object": "chat.completion.chunk",
+        "created": completion["created"],
+        "model": completion.get("model", ""),
+    }
     if "system_fingerprint" in completion:
         base["system_fingerprint"] = completion["system_fingerprint"]
     events = []
     for choice in completion.get("choices", []):
         index = choice.get("index", 0)
         for delta, logprobs in _choice_deltas(choice):
-            events.append(encode_chunk({**base, "choices": [
-                {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None}]}))
-        events.append(encode_chunk({**base, "choices": [
-            {"index": index, "delta": {}, "logprobs": None,
-             "finish_reason": choice.get("finish_reason")}]}))
+            events.append(
+                encode_chunk(
+                    {
+                        **base,
+                        "choices": [
+                            {
+                                "index": index,
+                                "delta": delta,
+                                "logprobs": logprobs,
+                                "finish_reason": None,
+                            }
+                        ],
+                    }
+                )
+            )
+        events.append(
+            encode_chunk(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": index,
+                            "delta": {},
+                            "logprobs": None,
+                            "finish_reason": choice.get("finish_reason"),
+                        }
+                    ],
+                }
+            )
+        )
     if include_usage and completion.get("usage") is not None:
         events.append(encode_chunk({**base, "choices": [], "usage": completion["usage"]}))
     events.append(DONE)
@@ -187,6 +226,7 @@ def _choice_deltas(choice: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
         deltas += [({"content": piece}, logprobs) for piece in pieces[:1]]
         deltas += [({"content": piece}, None) for piece in pieces[1:]]
     if tool_calls:
-        deltas.append(({"tool_calls": [{"index": i, **call} for i, call in enumerate(tool_calls)]},
-                       None))
+        deltas.append(
+            ({"tool_calls": [{"index": i, **call} for i, call in enumerate(tool_calls)]}, None)
+        )
     return deltas

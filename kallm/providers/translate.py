@@ -115,8 +115,9 @@ def parse_arguments(raw: Any, param: str) -> dict[str, Any]:
     return value
 
 
-_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^;,]*)*),(?P<data>.*)$",
-                       re.DOTALL)
+_DATA_URL = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^;,]*)*),(?P<data>.*)$", re.DOTALL
+)
 
 
 def parse_data_url(url: str, param: str) -> tuple[str, str] | None:
@@ -150,8 +151,9 @@ def text_of(content: Any, param: str) -> str:
         texts = []
         for j, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
-                raise RequestError(f"'{param}[{j}]' must be a text part here",
-                                   param=f"{param}[{j}]")
+                raise RequestError(
+                    f"'{param}[{j}]' must be a text part here", param=f"{param}[{j}]"
+                )
             texts.append(str(part.get("text", "")))
         return "\n".join(texts)
     raise RequestError(f"'{param}' must be a string or an array of content parts", param=param)
@@ -191,8 +193,9 @@ def max_tokens(request: dict[str, Any]) -> int | None:
     return None
 
 
-def reject_unsupported(request: dict[str, Any], provider: str,
-                       neutral: dict[str, tuple[Any, ...]] | None = None) -> None:
+def reject_unsupported(
+    request: dict[str, Any], provider: str, neutral: dict[str, tuple[Any, ...]] | None = None
+) -> None:
     """400 for parameters the provider cannot honour, rather than silently dropping them.
 
     A dropped ``n`` or ``logprobs`` would return an answer the caller did not ask
@@ -207,7 +210,9 @@ def reject_unsupported(request: dict[str, Any], provider: str,
         if isinstance(message, dict) and message.get("role") == "function":
             raise RequestError(
                 f"messages[{i}]: role 'function' is deprecated and not supported for "
-                f"{provider} models; use tools and role 'tool'", param=f"messages[{i}].role")
+                f"{provider} models; use tools and role 'tool'",
+                param=f"messages[{i}].role",
+            )
 
 
 def tool_functions(request: dict[str, Any]) -> list[dict[str, Any]]:
@@ -218,10 +223,15 @@ def tool_functions(request: dict[str, Any]) -> list[dict[str, Any]]:
     functions = []
     for i, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
-        if (not isinstance(tool, dict) or tool.get("type", "function") != "function"
-                or not isinstance(function, dict) or not isinstance(function.get("name"), str)):
-            raise RequestError(f"'tools[{i}]' must be a function tool with a name",
-                               param=f"tools[{i}]")
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type", "function") != "function"
+            or not isinstance(function, dict)
+            or not isinstance(function.get("name"), str)
+        ):
+            raise RequestError(
+                f"'tools[{i}]' must be a function tool with a name", param=f"tools[{i}]"
+            )
         functions.append(function)
     return functions
 
@@ -237,13 +247,16 @@ def tool_choice(request: dict[str, Any]) -> tuple[str, str | None] | None:
         name = (choice.get("function") or {}).get("name")
         if choice.get("type") == "function" and isinstance(name, str):
             return "function", name
-    raise RequestError("'tool_choice' must be 'auto', 'none', 'required' or "
-                       "{\"type\": \"function\", \"function\": {\"name\": ...}}",
-                       param="tool_choice")
+    raise RequestError(
+        "'tool_choice' must be 'auto', 'none', 'required' or "
+        '{"type": "function", "function": {"name": ...}}',
+        param="tool_choice",
+    )
 
 
-def error_body(message: str, type_: str, param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     """OpenAI's error envelope."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 

@@ -75,10 +75,12 @@ class Accounts:
             self.conn = connect(path)
         except (sqlite3.Error, OSError, KallmError) as exc:
             if self.enabled:
-                raise ConfigError(f"database {path} cannot be opened ({exc}); virtual keys "
-                                  "need it") from None
-            log.warning("database %s cannot be opened (%s): serving without a request log",
-                        path, exc)
+                raise ConfigError(
+                    f"database {path} cannot be opened ({exc}); virtual keys need it"
+                ) from None
+            log.warning(
+                "database %s cannot be opened (%s): serving without a request log", path, exc
+            )
             return
         self.store = KeyStore(self.conn)
         self.writer = DatabaseWriter(path)
@@ -106,8 +108,7 @@ class Accounts:
                 try:
                     self.store.upsert_policy(record)
                 except sqlite3.IntegrityError as exc:  # one bad file must not stop the rest
-                    log.warning("key file for %r (%s) not loaded: %s", record.name, record.id,
-                                exc)
+                    log.warning("key file for %r (%s) not loaded: %s", record.name, record.id, exc)
             for key_id in self.keys_dir.removed():
                 with contextlib.suppress(KallmError):
                     self.store.revoke(key_id)
@@ -134,12 +135,18 @@ class Accounts:
         secret = bearer_token(headers)
         record = self._by_hash.get(hash_secret(secret)) if secret else None
         if record is None or record.status() != "active":
-            raise AuthenticationError("Invalid API key: pass a kallm virtual key as "
-                                      "'Authorization: Bearer sk-kallm-...'.")
+            raise AuthenticationError(
+                "Invalid API key: pass a kallm virtual key as 'Authorization: Bearer sk-kallm-...'."
+            )
         return record
 
-    async def admit(self, request: web.Request, model: str | None,
-                    payload: dict[str, Any] | None, record: RequestLog) -> Admission | None:
+    async def admit(
+        self,
+        request: web.Request,
+        model: str | None,
+        payload: dict[str, Any] | None,
+        record: RequestLog,
+    ) -> Admission | None:
         """Key, model allow-list, rate limits and a budget reservation, in that order."""
         if not self.enabled:
             return None
@@ -150,8 +157,11 @@ class Accounts:
         now = time.time()
         state = await self.limits.admit(key, now)
         if state.retry_after is not None:
-            raise RateLimited(f"Rate limit reached: {state.reason} for this key. Retry in "
-                              f"{state.retry_after:.0f}s.", headers=state.headers())
+            raise RateLimited(
+                f"Rate limit reached: {state.reason} for this key. Retry in "
+                f"{state.retry_after:.0f}s.",
+                headers=state.headers(),
+            )
         estimate = self.estimate(model, payload) if model and payload else 0.0
         reservation = await self.ledger.reserve(key, estimate, now)
         admission = Admission(key, reservation, state.headers())
@@ -185,7 +195,9 @@ class Accounts:
         if self.writer is not None:
             self.writer.execute(
                 "UPDATE keys SET spend_usd = ?, saved_usd = saved_usd + ?, period_start = ?, "
-                "last_used = ? WHERE id = ?", (spend, saved, period_start, time.time(), key_id))
+                "last_used = ? WHERE id = ?",
+                (spend, saved, period_start, time.time(), key_id),
+            )
 
     @property
     def dropped_rows(self) -> int:
@@ -195,16 +207,25 @@ class Accounts:
 def _row(record: RequestLog, now: float, bodies: bool) -> RequestRow:
     usage = record.usage
     return RequestRow(
-        time=now, request_id=record.request_id, key_id=record.key_id, method=record.method,
-        path=record.path, model=record.model, provider=record.provider,
-        upstream_model=record.upstream_model, status=record.status,
+        time=now,
+        request_id=record.request_id,
+        key_id=record.key_id,
+        method=record.method,
+        path=record.path,
+        model=record.model,
+        provider=record.provider,
+        upstream_model=record.upstream_model,
+        status=record.status,
         latency_ms=round((time.perf_counter() - record.started) * 1000, 3),
-        ttft_ms=None if record.first_token_seconds is None
+        ttft_ms=None
+        if record.first_token_seconds is None
         else round(record.first_token_seconds * 1000, 3),
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,
         cached_tokens=usage.cached_tokens if usage else None,
-        cost_usd=record.cost_usd, saved_usd=record.saved_usd, cache=record.cache,
+        cost_usd=record.cost_usd,
+        saved_usd=record.saved_usd,
+        cache=record.cache,
         similarity=record.similarity,
         request_body=record.request_body if bodies else None,
         response_body=record.response_body if bodies else None,

@@ -47,8 +47,9 @@ async def _policy(request: web.Request) -> dict[str, Any]:
     unknown = set(body) - EDITABLE
     if unknown:
         name = sorted(unknown)[0]
-        raise RequestError(f"unknown field {name!r}; allowed: {', '.join(sorted(EDITABLE))}",
-                           param=name)
+        raise RequestError(
+            f"unknown field {name!r}; allowed: {', '.join(sorted(EDITABLE))}", param=name
+        )
     return body
 
 
@@ -68,8 +69,10 @@ async def create_key(request: web.Request) -> web.Response:
         raise RequestError("'name' is required", param="name")
     record, secret = store.create(name.strip(), **policy)
     _changed(request)
-    return web.json_response({"key": secret, "record": record.public(),
-                              "k8s_record": record_for_secret(record)}, status=201)
+    return web.json_response(
+        {"key": secret, "record": record.public(), "k8s_record": record_for_secret(record)},
+        status=201,
+    )
 
 
 async def show_key(request: web.Request) -> web.Response:
@@ -92,8 +95,9 @@ async def revoke_key(request: web.Request) -> web.Response:
 async def rotate_key(request: web.Request) -> web.Response:
     record, secret = _store(request).rotate(request.match_info["ref"])
     _changed(request)
-    return web.json_response({"key": secret, "record": record.public(),
-                              "k8s_record": record_for_secret(record)})
+    return web.json_response(
+        {"key": secret, "record": record.public(), "k8s_record": record_for_secret(record)}
+    )
 
 
 def add_routes(app: web.Application) -> None:

@@ -35,8 +35,9 @@ class Runtime:
     cache: SemanticCache
     keeper: SnapshotKeeper | None = None
 
-    def __init__(self, settings: Settings, embedder: Embedder | None = None,
-                 guard: HitGuard | None = None):
+    def __init__(
+        self, settings: Settings, embedder: Embedder | None = None, guard: HitGuard | None = None
+    ):
         self.settings = settings
         self.router = Router(settings)
         self.prices = PriceTable(overrides=dict(settings.prices))
@@ -58,17 +59,23 @@ class Runtime:
         backend = MemoryBackend(settings.max_cache_size)
         threshold = settings.similarity_threshold
         self.cache = SemanticCache(
-            backend, embedder,
+            backend,
+            embedder,
             threshold=embedder.default_threshold if threshold is None else threshold,
-            ttl=settings.cache_ttl, guard=self._guard,
+            ttl=settings.cache_ttl,
+            guard=self._guard,
         )
         if settings.cache_file is not None:
             self.keeper = SnapshotKeeper(backend, settings.cache_file, embedder.name)
             loaded = self.keeper.load()
             log.info("cache: %d entries loaded from %s", loaded, settings.cache_file)
-        log.info("cache: embedder %s, threshold %.3f, ttl %ss, max %d entries",
-                 embedder.name, self.cache.threshold, int(settings.cache_ttl),
-                 settings.max_cache_size)
+        log.info(
+            "cache: embedder %s, threshold %.3f, ttl %ss, max %d entries",
+            embedder.name,
+            self.cache.threshold,
+            int(settings.cache_ttl),
+            settings.max_cache_size,
+        )
 
     async def stop(self) -> None:
         if self.keeper is not None:
@@ -120,6 +127,7 @@ def create_app(
     app.router.add_get("/metrics", metrics)
     add_admin_routes(app)
     from kallm.server.cacheadmin import add_routes as add_cache_admin_routes
+
     add_cache_admin_routes(app)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)

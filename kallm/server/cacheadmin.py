@@ -53,31 +53,39 @@ def as_completion(response: Any, request: dict[str, Any]) -> dict[str, Any]:
             raise RequestError("'response' is empty", param="response")
         message = {"role": "assistant", "content": response, "refusal": None}
         completion: dict[str, Any] = {
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": "stop"}],
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+            ],
         }
         answer_words = _words(response)
     elif isinstance(response, dict):
         choices = response.get("choices")
-        if not isinstance(choices, list) or not choices or not all(
-                isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
-            raise RequestError("'response' must be text or a chat.completion whose choices "
-                               "each have a 'message'", param="response")
+        if (
+            not isinstance(choices, list)
+            or not choices
+            or not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices)
+        ):
+            raise RequestError(
+                "'response' must be text or a chat.completion whose choices each have a 'message'",
+                param="response",
+            )
         completion = json.loads(json.dumps(response))  # a copy we may fill in
         for index, choice in enumerate(completion["choices"]):
             choice.setdefault("index", index)
             choice["finish_reason"] = choice.get("finish_reason") or "stop"
         answer_words = sum(_words(message_text(c["message"])) for c in completion["choices"])
     else:
-        raise RequestError("'response' must be text or a chat.completion object",
-                           param="response")
+        raise RequestError("'response' must be text or a chat.completion object", param="response")
     completion.setdefault("id", "chatcmpl-kallm" + secrets.token_hex(12))
     completion["object"] = "chat.completion"
     completion.setdefault("created", int(time.time()))
     completion["model"] = completion.get("model") or model
     if not isinstance(completion.get("usage"), dict):
-        completion["usage"] = {"prompt_tokens": prompt_words, "completion_tokens": answer_words,
-                               "total_tokens": prompt_words + answer_words}
+        completion["usage"] = {
+            "prompt_tokens": prompt_words,
+            "completion_tokens": answer_words,
+            "total_tokens": prompt_words + answer_words,
+        }
     return completion
 
 
@@ -91,8 +99,9 @@ async def _import_one(runtime: Runtime, entry: Any, namespace: str) -> dict[str,
         completion = as_completion(entry.get("response"), request)
     except KallmError as exc:
         return {"status": "failed", "error": exc.message}
-    lookup = await runtime.cache.lookup(cache_key(request, namespace),
-                                        use_guard=runtime.settings.guard, count=False)
+    lookup = await runtime.cache.lookup(
+        cache_key(request, namespace), use_guard=runtime.settings.guard, count=False
+    )
     if lookup.hit is not None:
         return {"status": "cached", "similarity": round(lookup.hit.similarity, 4)}
     usage = Usage.from_openai(completion["usage"])
@@ -118,8 +127,10 @@ async def import_entries(request: web.Request) -> web.Response:
     if not isinstance(namespace, str):
         raise RequestError("'namespace' must be a string", param="namespace")
     results = [await _import_one(runtime, entry, namespace.strip()) for entry in entries]
-    counts = {status: sum(r["status"] == status for r in results)
-              for status in ("imported", "cached", "failed")}
+    counts = {
+        status: sum(r["status"] == status for r in results)
+        for status in ("imported", "cached", "failed")
+    }
     return web.json_response({**counts, "results": results})
 
 

@@ -59,13 +59,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     record.cache = "MISS"
     if lookup.refusal is not None:
         refusal = lookup.refusal
-        record.note = (f"guard refused {refusal.similarity:.4f} {refusal.reason}: "
-                       f"{refusal.candidate[:80]!r}")
+        record.note = (
+            f"guard refused {refusal.similarity:.4f} {refusal.reason}: {refusal.candidate[:80]!r}"
+        )
     store = lookup if controls.store else None
     return await _relay(request, runtime, routes, payload, body, store)
 
 
 # ---------------------------------------------------------------- hits
+
 
 async def _serve_hit(request: web.Request, payload: dict[str, Any], hit: Hit) -> web.StreamResponse:
     completion = json.loads(hit.entry.response)
@@ -77,8 +79,11 @@ async def _serve_hit(request: web.Request, payload: dict[str, Any], hit: Hit) ->
     record.saved_usd = hit.entry.cost_usd
     if request.app[RUNTIME].settings.log_bodies:
         record.response_body = _compact(completion)
-    headers = {CACHE_HEADER: "HIT", SIMILARITY_HEADER: f"{hit.similarity:.4f}",
-               **_rate_headers(record)}
+    headers = {
+        CACHE_HEADER: "HIT",
+        SIMILARITY_HEADER: f"{hit.similarity:.4f}",
+        **_rate_headers(record),
+    }
     if payload.get("stream") is not True:
         return web.json_response(completion, headers=headers, dumps=_compact)
     response = _event_stream(headers)
@@ -91,9 +96,14 @@ async def _serve_hit(request: web.Request, payload: dict[str, Any], hit: Hit) ->
 
 # ---------------------------------------------------------------- misses
 
+
 async def _relay(
-    request: web.Request, runtime: Runtime, routes: list[Route], payload: dict[str, Any],
-    raw: bytes, store: Lookup | None,
+    request: web.Request,
+    runtime: Runtime,
+    routes: list[Route],
+    payload: dict[str, Any],
+    raw: bytes,
+    store: Lookup | None,
 ) -> web.StreamResponse:
     """Send along the routes (with retries and fallbacks), then relay JSON or a stream."""
     stream = payload.get("stream") is True
@@ -137,8 +147,13 @@ async def _relay(
 
 
 async def _pump(
-    request: web.Request, response: web.StreamResponse, upstream: aiohttp.ClientResponse,
-    relay: StreamRelay, provider: Provider, payload: dict[str, Any], started: float,
+    request: web.Request,
+    response: web.StreamResponse,
+    upstream: aiohttp.ClientResponse,
+    relay: StreamRelay,
+    provider: Provider,
+    payload: dict[str, Any],
+    started: float,
 ) -> StreamAssembler | None:
     """Relay events as they come; None when the stream broke and must not be stored."""
     assembler = StreamAssembler()
@@ -164,8 +179,12 @@ async def _pump(
 
 
 async def _forward(
-    response: web.StreamResponse, raw: bytes, assembler: StreamAssembler,
-    client_wants_usage: bool, record: RequestLog, started: float,
+    response: web.StreamResponse,
+    raw: bytes,
+    assembler: StreamAssembler,
+    client_wants_usage: bool,
+    record: RequestLog,
+    started: float,
 ) -> None:
     """Feed one OpenAI SSE event to the assembler and the client."""
     if record.first_token_seconds is None:
@@ -183,8 +202,11 @@ async def _forward(
 
 
 async def _remember(
-    request: web.Request, runtime: Runtime, store: Lookup | None,
-    completion: dict[str, Any], body: bytes,
+    request: web.Request,
+    runtime: Runtime,
+    store: Lookup | None,
+    completion: dict[str, Any],
+    body: bytes,
 ) -> None:
     """Price the answer, note its usage, and store it if it is complete and wanted."""
     record = request_log(request)
@@ -200,6 +222,7 @@ async def _remember(
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def _event_stream(headers: Any) -> web.StreamResponse:
     response = web.StreamResponse(headers=headers)
@@ -226,4 +249,3 @@ def _json_or_none(data: bytes) -> Any:
 
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-

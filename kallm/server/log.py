@@ -24,7 +24,6 @@ _OPS_PATHS = frozenset({"/health", "/stats", "/metrics"})
 _PLAIN_SEGMENT = re.compile(r"[a-z_]+")
 
 
-
 @dataclass(slots=True)
 class RequestLog:
     method: str
@@ -65,16 +64,22 @@ class RequestLog:
     def fields(self) -> dict[str, object]:
         latency_ms = round((time.perf_counter() - self.started) * 1000, 2)
         out: dict[str, object] = {
-            "request_id": self.request_id, "method": self.method, "path": self.path,
-            "model": self.model, "cache": self.cache, "status": self.status,
+            "request_id": self.request_id,
+            "method": self.method,
+            "path": self.path,
+            "model": self.model,
+            "cache": self.cache,
+            "status": self.status,
             "latency_ms": latency_ms,
         }
         if self.similarity is not None:
             out["similarity"] = round(self.similarity, 4)
         if self.usage is not None:
-            out |= {"prompt_tokens": self.usage.prompt_tokens,
-                    "completion_tokens": self.usage.completion_tokens,
-                    "total_tokens": self.usage.total_tokens}
+            out |= {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+                "total_tokens": self.usage.total_tokens,
+            }
         if self.key_id:
             out["key_id"] = self.key_id
         if self.provider:
@@ -110,7 +115,8 @@ def emit(record: RequestLog) -> None:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, object] = {
-            "time": round(record.created, 3), "level": record.levelname.lower(),
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
             "logger": record.name,
         }
         fields = getattr(record, "kallm_fields", None)
@@ -160,8 +166,9 @@ def configure_logging(json_lines: bool, level: str = "info") -> None:
         from rich.console import Console
         from rich.logging import RichHandler
 
-        handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False,
-                              rich_tracebacks=False)
+        handler = RichHandler(
+            console=Console(stderr=True), show_path=False, markup=False, rich_tracebacks=False
+        )
         handler.setFormatter(TextFormatter())
     else:
         # Off a terminal (docker logs, files) one record must stay one line: rich would

@@ -41,8 +41,9 @@ async def _answer(
         response = error_response(exc)
     except web.HTTPRequestEntityTooLarge:
         limit = runtime.settings.max_body_bytes
-        response = error_response(PayloadTooLarge(
-            f"request body is over the {limit:,}-byte limit (server.max_body_size)"))
+        response = error_response(
+            PayloadTooLarge(f"request body is over the {limit:,}-byte limit (server.max_body_size)")
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -42,8 +42,11 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         return await relay(request, router.default, "/embeddings", body)  # upstream judges it
     route = router.resolve(str(model))[0]
     if route.provider.kind != "openai":
-        raise RequestError(f"provider {route.provider.name} ({route.provider.kind}) has no "
-                           "OpenAI embeddings endpoint", param="model")
+        raise RequestError(
+            f"provider {route.provider.name} ({route.provider.kind}) has no "
+            "OpenAI embeddings endpoint",
+            param="model",
+        )
     if route.model != model:
         body = json.dumps({**payload, "model": route.model}).encode()
     return await relay(request, route.provider, "/embeddings", body)
@@ -55,9 +58,15 @@ async def models(request: web.Request) -> web.StreamResponse:
     if not runtime.settings.providers:
         return await relay(request, runtime.router.default, "/models", None)
     now = int(time.time())
-    return web.json_response({"object": "list", "data": [
-        {"id": name, "object": "model", "created": now, "owned_by": name.split("/")[0]}
-        for name in runtime.router.listed_models()]})
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": now, "owned_by": name.split("/")[0]}
+                for name in runtime.router.listed_models()
+            ],
+        }
+    )
 
 
 async def relay(
@@ -73,7 +82,8 @@ async def relay(
     )
     async with upstream_response:
         response = web.StreamResponse(
-            status=upstream_response.status, reason=upstream_response.reason,
+            status=upstream_response.status,
+            reason=upstream_response.reason,
             headers=forwardable(upstream_response.headers),
         )
         if "Content-Length" in upstream_response.headers:

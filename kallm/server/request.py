@@ -37,8 +37,7 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
         raise RequestError("'model' is required and must be a non-empty string", param="model")
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' is required and must be a non-empty array",
-                           param="messages")
+        raise RequestError("'messages' is required and must be a non-empty array", param="messages")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise RequestError(f"messages[{i}] must be an object", param=f"messages[{i}]")
@@ -86,8 +85,10 @@ def _threshold(raw: str | None) -> float | None:
     except ValueError:
         value = -1.0
     if not 0.0 <= value <= 1.0:
-        raise RequestError(f"X-Kallm-Threshold must be a number from 0.0 to 1.0, got {raw!r}",
-                           param="X-Kallm-Threshold")
+        raise RequestError(
+            f"X-Kallm-Threshold must be a number from 0.0 to 1.0, got {raw!r}",
+            param="X-Kallm-Threshold",
+        )
     return value
 
 

@@ -19,11 +19,20 @@ def serve(settings: Settings) -> None:
     app = create_app(settings)
 
     async def announce(_: web.Application) -> None:
-        log.info("kallm listening on http://%s:%d/v1 (upstream %s)",
-                 settings.host, settings.port, settings.upstream_base_url)
+        log.info(
+            "kallm listening on http://%s:%d/v1 (upstream %s)",
+            settings.host,
+            settings.port,
+            settings.upstream_base_url,
+        )
 
     app.on_startup.append(announce)
     web.run_app(
-        app, host=settings.host, port=settings.port, print=None, access_log=None,
-        shutdown_timeout=GRACE_SECONDS, handle_signals=True,
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=GRACE_SECONDS,
+        handle_signals=True,
     )
