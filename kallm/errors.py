@@ -15,7 +15,8 @@
     ├── RateLimited                 (429, headers Retry-After, x-ratelimit-*)
     ├── BudgetExceeded              (429, insufficient_quota)
     ├── UpstreamError               (502) the upstream could not be reached or spoke nonsense
-    │   └── UpstreamTimeout         (504)
+    │   ├── UpstreamTimeout         (504)
+    │   └── UpstreamLoop            (508) the upstream is this kallm itself
     └── EmbeddingError              embedding failed: the request is served uncached, never failed
 
 Errors that reach a client are rendered by ``KallmError.to_body`` so every SDK
@@ -139,6 +140,11 @@ class UpstreamError(KallmError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class UpstreamLoop(UpstreamError):
+    status = 508
+    code = "upstream_is_kallm"
 
 
 class EmbeddingError(KallmError):

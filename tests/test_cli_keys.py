@@ -366,3 +366,31 @@ def test_error_messages_are_shown_as_written(kallm: Callable[..., Result]) -> No
         result = kallm("keys", "show", ref)
         assert result.exit_code == 1
         assert result.stderr.strip() == f"error: no key {ref!r}"
+
+
+@pytest.mark.parametrize("how", ["KALLM_CONFIG", "--config"])
+def test_keys_and_stats_use_the_database_named_in_kallm_toml(
+    tmp_path: Path, make_proxy: Callable[..., Proxy], how: str
+) -> None:
+    """One settings path for every command: the key lands where `kallm serve` looks."""
+    configured = tmp_path / "configured.db"
+    config = tmp_path / "kallm.toml"
+    config.write_text(f'[db]\npath = "{configured}"\n')
+    runner = CliRunner()
+    env = {"COLUMNS": "200", "KALLM_DB": ""}
+    flags: list[str] = []
+    if how == "KALLM_CONFIG":
+        env["KALLM_CONFIG"] = str(config)
+    else:
+        flags = ["--config", str(config)]
+    created = runner.invoke(app, ["keys", "create", "--name", "cfg", *flags], env=env)
+    assert created.exit_code == 0, created.output
+    secret = created.stdout.strip().splitlines()[-1]
+    assert configured.exists()
+    listed = runner.invoke(app, ["keys", "list", "--json", *flags], env=env)
+    assert "cfg" in listed.stdout
+    server = make_proxy(auth="virtual-keys", db_path=configured)
+    assert chat_status(server, secret) == 200
+    report = runner.invoke(app, ["stats", "--json", *flags], env=env)
+    assert report.exit_code == 0, report.output
+    assert json.loads(report.stdout)["source"]["db"] == str(configured)

@@ -7,7 +7,6 @@ it should not need a subcommand to ask.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from enum import StrEnum
@@ -130,6 +129,8 @@ def run(
     quick: bool = typer.Option(False, help="Tiny counts: a smoke run of a few seconds."),
 ) -> None:
     """Requests/s and p50/p90/p99 of kallm (miss, exact hit, paraphrase hit) vs a direct call."""
+    import asyncio
+
     from kallm.bench.report import print_report
     from kallm.bench.run import SIMULATED_KEY, RunOptions, run_bench
 
@@ -192,6 +193,8 @@ def quality(
     ),
 ) -> None:
     """Precision and recall per threshold on labelled pairs, and the threshold to use."""
+    import asyncio
+
     from kallm.bench.quality import PairsError, evaluate, parse_thresholds, print_quality
 
     try:

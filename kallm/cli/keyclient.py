@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from kallm.accounts.keys import KeyRecord, KeyStore, record_from_row
-from kallm.db import connect, default_db_path
+from kallm.config import Settings
+from kallm.db import connect
 from kallm.errors import KallmError, RequestError
 
 HTTP_TIMEOUT = 10.0
@@ -128,6 +127,9 @@ def http_json(
     method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None
 ) -> Any:
     """One JSON request with the standard library; any failure is a one-line ``RemoteError``."""
+    import urllib.error
+    import urllib.request  # here, not at the top: `kallm --help` should not load http and ssl
+
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
         url,
@@ -151,7 +153,7 @@ def http_json(
         raise RemoteError(f"{url} did not answer with JSON; is it a kallm server?") from None
 
 
-def _error_message(exc: urllib.error.HTTPError) -> str:
+def _error_message(exc: Any) -> str:
     """The message of OpenAI's error envelope, or the HTTP status if there is none."""
     try:
         message = json.loads(exc.read())["error"]["message"]
@@ -167,23 +169,21 @@ def env_or(value: str | None, name: str) -> str | None:
     return value or os.environ.get(name) or None
 
 
-def open_keys(db: Path | None, url: str | None, admin_key: str | None) -> KeyClient:
-    """The client the flags ask for: ``--url`` (a server) or ``--db`` (a file, the default).
+def open_keys(settings: Settings, url: str | None) -> KeyClient:
+    """The client the settings and flags ask for: ``--url`` (a server's admin API, with the
+    admin key from the settings) or the database the settings name (``db.path``), the same
+    file ``kallm serve`` with these settings uses.
 
-    Raises ``RequestError`` for contradictory or missing flags.
+    Raises ``RequestError`` when the chosen path cannot work.
     """
     url = env_or(url, "KALLM_URL")
-    if url and db is not None:
-        raise RequestError("--db and --url (or KALLM_URL) both given: pick one")
     if url:
-        key = env_or(admin_key, "KALLM_ADMIN_KEY")
-        if not key:
-            raise RequestError("--url needs the server's admin key: --admin-key or KALLM_ADMIN_KEY")
-        return RemoteKeys(url, key)
-    return LocalKeys(db_path(db))
-
-
-def db_path(db: Path | None) -> Path:
-    """``--db``, else ``KALLM_DB``, else the default file ``kallm serve`` uses."""
-    env = os.environ.get("KALLM_DB")
-    return db if db is not None else Path(env) if env else default_db_path()
+        if not settings.admin_key:
+            raise RequestError(
+                "--url needs the server's admin key: --admin-key, KALLM_ADMIN_KEY or "
+                "auth.admin_key in kallm.toml"
+            )
+        return RemoteKeys(url, settings.admin_key)
+    if settings.db_path is None:
+        raise RequestError("db.path is off, so there is no key database: pass --db PATH or --url")
+    return LocalKeys(settings.db_path)

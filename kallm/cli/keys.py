@@ -25,8 +25,8 @@ from rich.text import Text
 
 from kallm.accounts.k8s import check_labels, k8s_secret, valid_namespace
 from kallm.accounts.keys import KeyRecord
-from kallm.cli.common import err_console, fail
-from kallm.cli.keyclient import KeyClient, db_path, open_keys
+from kallm.cli.common import CONFIG_OPTION, err_console, fail, settings_from
+from kallm.cli.keyclient import KeyClient, env_or, open_keys
 from kallm.config import parse_duration
 from kallm.errors import KallmError
 
@@ -38,7 +38,7 @@ _WHERE = "Where the keys are"
 DB = typer.Option(
     None,
     "--db",
-    help="SQLite file (env KALLM_DB; default: the file `kallm serve` uses).",
+    help="SQLite file (env KALLM_DB, db.path in kallm.toml; default: the file `kallm serve` uses).",
     rich_help_panel=_WHERE,
 )
 URL = typer.Option(
@@ -51,7 +51,7 @@ URL = typer.Option(
 ADMIN = typer.Option(
     None,
     "--admin-key",
-    help="The server's admin key, with --url (env KALLM_ADMIN_KEY).",
+    help="The server's admin key, with --url (env KALLM_ADMIN_KEY, auth.admin_key).",
     rich_help_panel=_WHERE,
 )
 JSON = typer.Option(False, "--json", help="Machine-readable output.")
@@ -322,16 +322,23 @@ def _print_secret(
 
 
 @contextmanager
-def _keys(db: Path | None, url: str | None, admin_key: str | None) -> Iterator[KeyClient]:
-    """The chosen client; its errors become one line: exit 2 for bad input, 1 otherwise."""
+def _keys(
+    config: Path | None, db: Path | None, url: str | None, admin_key: str | None
+) -> Iterator[KeyClient]:
+    """The chosen client, from the same settings ``kallm serve`` builds (defaults <
+    kallm.toml < KALLM_* < flags); its errors become one line: exit 2 for bad input, 1
+    otherwise."""
+    if db is not None and env_or(url, "KALLM_URL"):
+        fail("--db and --url (or KALLM_URL) both given: pick one")
+    settings = settings_from(config, db_path=db, admin_key=admin_key).settings
     client: KeyClient | None = None
     try:
-        client = open_keys(db, url, admin_key)
+        client = open_keys(settings, url)
         yield client
     except KallmError as exc:
         fail(exc.message, 2 if exc.status == 400 else 1)
     except (sqlite3.Error, OSError) as exc:
-        fail(f"database {db_path(db)}: {exc}", 1)
+        fail(f"database {settings.db_path}: {exc}", 1)
     finally:
         if client is not None:
             client.close()
@@ -354,6 +361,7 @@ def create(
     output: str = OUTPUT,
     k8s_namespace: str = K8S_NS,
     label: list[str] | None = LABEL,
+    config: Path | None = CONFIG_OPTION,
     db: Path | None = DB,
     url: str | None = URL,
     admin_key: str | None = ADMIN,
@@ -365,7 +373,7 @@ def create(
     if metadata:
         policy["metadata"] = pairs(metadata, "--metadata")
     labels = _k8s_flags(output, k8s_namespace, label)
-    with _keys(db, url, admin_key) as keys:
+    with _keys(config, db, url, admin_key) as keys:
         record, secret = keys.create(name.strip(), policy)
     _print_secret(record, secret, output, k8s_namespace, labels, "Created")
 
@@ -384,10 +392,14 @@ def _k8s_flags(output: str, namespace: str, label: list[str] | None) -> dict[str
 
 @app.command("list")
 def list_keys(
-    as_json: bool = JSON, db: Path | None = DB, url: str | None = URL, admin_key: str | None = ADMIN
+    as_json: bool = JSON,
+    config: Path | None = CONFIG_OPTION,
+    db: Path | None = DB,
+    url: str | None = URL,
+    admin_key: str | None = ADMIN,
 ) -> None:
     """All keys: spend against budget, limits, allowed models, status."""
-    with _keys(db, url, admin_key) as keys:
+    with _keys(config, db, url, admin_key) as keys:
         records = keys.list()
     if as_json:
         print(json.dumps([r.public() for r in records], indent=2))
@@ -401,12 +413,13 @@ def list_keys(
 def show(
     ref: str = REF,
     as_json: bool = JSON,
+    config: Path | None = CONFIG_OPTION,
     db: Path | None = DB,
     url: str | None = URL,
     admin_key: str | None = ADMIN,
 ) -> None:
     """One key in full (never its secret)."""
-    with _keys(db, url, admin_key) as keys:
+    with _keys(config, db, url, admin_key) as keys:
         record = keys.get(ref)
     _print_record(record, as_json)
 
@@ -424,6 +437,7 @@ def update(
     metadata: list[str] | None = POLICY["metadata"],
     namespace: str | None = POLICY["namespace"],
     as_json: bool = JSON,
+    config: Path | None = CONFIG_OPTION,
     db: Path | None = DB,
     url: str | None = URL,
     admin_key: str | None = ADMIN,
@@ -437,7 +451,7 @@ def update(
     given = pairs(metadata, "--metadata")
     if not changes and not given:
         fail("nothing to change: give at least one policy flag (see --help)")
-    with _keys(db, url, admin_key) as keys:
+    with _keys(config, db, url, admin_key) as keys:
         if given:  # merged into what the key has; "k=" removes k
             merged = {**keys.get(ref).metadata, **given}
             changes["metadata"] = {k: v for k, v in merged.items() if v != ""}
@@ -447,10 +461,14 @@ def update(
 
 @app.command()
 def revoke(
-    ref: str = REF, db: Path | None = DB, url: str | None = URL, admin_key: str | None = ADMIN
+    ref: str = REF,
+    config: Path | None = CONFIG_OPTION,
+    db: Path | None = DB,
+    url: str | None = URL,
+    admin_key: str | None = ADMIN,
 ) -> None:
     """Revoke a key: it stops working at once (within seconds on a server)."""
-    with _keys(db, url, admin_key) as keys:
+    with _keys(config, db, url, admin_key) as keys:
         record = keys.revoke(ref)
     err_console.print(Text(f"revoked key {record.name} ({record.id})"))
 
@@ -461,13 +479,14 @@ def rotate(
     output: str = OUTPUT,
     k8s_namespace: str = K8S_NS,
     label: list[str] | None = LABEL,
+    config: Path | None = CONFIG_OPTION,
     db: Path | None = DB,
     url: str | None = URL,
     admin_key: str | None = ADMIN,
 ) -> None:
     """A new secret for a key; the old one stops working. Policy and spend stay."""
     labels = _k8s_flags(output, k8s_namespace, label)
-    with _keys(db, url, admin_key) as keys:
+    with _keys(config, db, url, admin_key) as keys:
         record, secret = keys.rotate(ref)
     _print_secret(record, secret, output, k8s_namespace, labels, "Rotated")
 

@@ -7,8 +7,6 @@ from pathlib import Path
 import typer
 
 from kallm.cli.common import CONFIG_OPTION, fail, settings_from
-from kallm.errors import KallmError
-from kallm.server.log import configure_logging
 
 
 def serve(
@@ -72,9 +70,12 @@ def serve(
         keys_dir=keys_dir,
         auth=auth,
     )
+    from kallm.errors import KallmError
+    from kallm.server.log import configure_logging
+    from kallm.server.run import serve as run_server
+
     settings = loaded.settings
     configure_logging(settings.log_json, settings.log_level)
-    from kallm.server.run import serve as run_server
 
     try:
         run_server(settings)

@@ -22,8 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 from kallm.accounts import usage
-from kallm.cli.common import fail
-from kallm.cli.keyclient import db_path, env_or, http_json
+from kallm.cli.common import CONFIG_OPTION, fail, settings_from
+from kallm.cli.keyclient import env_or, http_json
 from kallm.cli.keys import span, usd, when
 from kallm.config import parse_duration
 from kallm.db import connect
@@ -271,8 +271,11 @@ def _seconds(text: str, flag: str) -> float:
     return seconds
 
 
-def open_report(db: Path | None, url: str | None, since: str | None, last: int | None) -> Report:
-    """The report the flags ask for; bad combinations end with one line."""
+def open_report(
+    config: Path | None, db: Path | None, url: str | None, since: str | None, last: int | None
+) -> Report:
+    """The report the flags ask for; bad combinations end with one line. The database is
+    the one the settings name (defaults < kallm.toml < KALLM_DB < --db), as for serve."""
     url = env_or(url, "KALLM_URL")
     if url and db is not None:
         fail("--db and --url (or KALLM_URL) both given: pick one")
@@ -283,12 +286,19 @@ def open_report(db: Path | None, url: str | None, since: str | None, last: int |
     if last is not None and last < 0:
         fail(f"--last {last}: expected zero or more")
     period = DEFAULT_SINCE if since is None else _seconds(since, "--since")
-    return DatabaseReport(db_path(db), period, DEFAULT_LAST if last is None else last)
+    path = settings_from(config, db_path=db).settings.db_path
+    if path is None:
+        fail("db.path is off, so there is no request log: pass --db PATH or --url")
+    return DatabaseReport(path, period, DEFAULT_LAST if last is None else last)
 
 
 def stats(
+    config: Path | None = CONFIG_OPTION,
     db: Path | None = typer.Option(
-        None, "--db", help="SQLite file (env KALLM_DB; default: the file `kallm serve` uses)."
+        None,
+        "--db",
+        help="SQLite file (env KALLM_DB, db.path in kallm.toml; default: the file "
+        "`kallm serve` uses).",
     ),
     url: str | None = typer.Option(
         None,
@@ -313,7 +323,7 @@ def stats(
     every = _seconds(interval, "--interval")
     report: Report | None = None
     try:
-        report = open_report(db, url, since, last)
+        report = open_report(config, db, url, since, last)
         if as_json:
             print(json.dumps(report.snapshot(), indent=2))
         elif live:

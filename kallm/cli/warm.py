@@ -6,35 +6,22 @@ Thin on purpose: options, a progress bar and the summary. Parsing and sending li
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kallm.accounts.pricing import PriceTable
 from kallm.cli.common import fail, settings_from
-from kallm.config import Settings
-from kallm.errors import KallmError
-from kallm.warm import (
-    FORMATS,
-    NO_MODEL,
-    SHOWN,
-    Counts,
-    Parsed,
-    Problem,
-    Target,
-    WarmError,
-    embedded_server,
-    estimate_cost,
-    parse_lines,
-    warm,
-)
+
+if TYPE_CHECKING:  # the implementation (aiohttp, the server) loads only when a command runs
+    from kallm.config import Settings
+    from kallm.warm import Counts, Parsed, Problem, Target
 
 
 def _read(file: str) -> str:
@@ -89,10 +76,14 @@ def _summary(console: Console, counts: Counts, where: str) -> None:
     console.print(table)
 
 
-def _dry_run(console: Console, parsed: Parsed, as_json: bool) -> None:
+def _dry_run(console: Console, parsed: Parsed, as_json: bool, config: Path | None) -> None:
+    from kallm.accounts.pricing import PriceTable
+    from kallm.warm import SHOWN, estimate_cost
+
     imports = parsed.imports
     sends = len(parsed.items) - imports
-    cost = estimate_cost(parsed.items, PriceTable())
+    prices = PriceTable(overrides=dict(settings_from(config).settings.prices))
+    cost = estimate_cost(parsed.items, prices)
     if as_json:
         print(
             json.dumps(
@@ -130,6 +121,8 @@ async def _run(
     progress: Progress,
 ) -> Counts:
     """Warm ``target``, or (without one) a kallm started here with ``settings``."""
+    from kallm.warm import embedded_server, warm
+
     task = progress.add_task("warming", total=len(parsed.items))
 
     def advance(n: int) -> None:
@@ -190,6 +183,11 @@ def warm_command(
     Exit 0 when every line was cached, added or imported; 1 if some failed or were bad;
     2 on bad usage.
     """
+    import asyncio
+
+    from kallm.errors import KallmError
+    from kallm.warm import FORMATS, NO_MODEL, Target, WarmError, parse_lines
+
     if fmt not in FORMATS:
         fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     parsed = parse_lines(_read(file).splitlines(), fmt, model)
@@ -198,7 +196,7 @@ def warm_command(
         fail(f"{len(no_model)} line(s) name no model (first: line {no_model[0]}); pass --model")
     console = Console(stderr=as_json)
     if dry_run:
-        _dry_run(console, parsed, as_json)
+        _dry_run(console, parsed, as_json, config)
     target: Target | None = None
     settings: Settings | None = None
     if url is not None:

@@ -20,6 +20,8 @@ from multidict import CIMultiDict
 from kallm.errors import UpstreamError, UpstreamTimeout
 from kallm.providers.config import ProviderConfig
 
+VIA_HEADER = "X-Kallm-Via"  # see kallm.server.loop
+
 # RFC 9110 §7.6.1 connection-specific headers, plus ones a proxy must set itself.
 HOP_BY_HOP = frozenset(
     {
@@ -91,9 +93,15 @@ class Adapter(Protocol):
 
 class Provider:
     def __init__(
-        self, config: ProviderConfig, adapter: Adapter, connect_timeout: float, timeout: float
+        self,
+        config: ProviderConfig,
+        adapter: Adapter,
+        connect_timeout: float,
+        timeout: float,
+        via: str = "",
     ):
         self.config = config
+        self.via = via  # this server's id, sent upstream so a loop back to us is caught
         self.name = config.name
         self.kind = config.kind
         self.base_url = config.base_url.rstrip("/")
@@ -129,6 +137,9 @@ class Provider:
     ) -> aiohttp.ClientResponse:
         """Open a request upstream; the caller must release the response."""
         assert self.session is not None, "start() first"
+        if self.via:
+            headers = CIMultiDict(headers)
+            headers[VIA_HEADER] = self.via
         with self.errors():
             return await self.session.request(method, url, headers=headers, data=data)
 

@@ -72,13 +72,14 @@ def provider_configs(settings: Settings) -> tuple[ProviderConfig, ...]:
 
 
 class Router:
-    def __init__(self, settings: Settings, backoff: float = 0.25):
+    def __init__(self, settings: Settings, backoff: float = 0.25, via: str = ""):
         self.providers = [
             Provider(
                 config,
                 adapter_for(config.kind),
                 settings.upstream_connect_timeout,
                 settings.upstream_timeout,
+                via,
             )
             for config in provider_configs(settings)
         ]

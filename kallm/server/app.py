@@ -25,6 +25,7 @@ from kallm.embed import Embedder, create_embedder
 from kallm.metrics import Metrics
 from kallm.providers.router import Router
 from kallm.server.accounts import Accounts
+from kallm.server.loop import new_instance_id
 
 log = logging.getLogger("kallm.server")
 
@@ -39,7 +40,8 @@ class Runtime:
         self, settings: Settings, embedder: Embedder | None = None, guard: HitGuard | None = None
     ):
         self.settings = settings
-        self.router = Router(settings)
+        self.instance_id = new_instance_id()
+        self.router = Router(settings, via=self.instance_id)
         self.prices = PriceTable(overrides=dict(settings.prices))
         self.accounts = Accounts(settings, self.prices)
         self.metrics = Metrics(self)

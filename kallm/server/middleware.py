@@ -8,9 +8,10 @@ import secrets
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from kallm.errors import KallmError, PayloadTooLarge
+from kallm.errors import KallmError, PayloadTooLarge, UpstreamLoop
 from kallm.server.app import RUNTIME, Runtime
 from kallm.server.log import RequestLog, emit, start_request_log
+from kallm.server.loop import came_from
 
 log = logging.getLogger("kallm.server")
 
@@ -36,6 +37,11 @@ async def _answer(
     request: web.Request, handler: Handler, record: RequestLog, runtime: Runtime
 ) -> web.StreamResponse:
     try:
+        if came_from(request.headers, runtime.instance_id):
+            raise UpstreamLoop(
+                "kallm received its own upstream call: its upstream URL (OPENAI_BASE_URL or a "
+                "provider's base_url) points back at this kallm"
+            )
         response = await handler(request)
     except KallmError as exc:
         response = error_response(exc)

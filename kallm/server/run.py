@@ -1,13 +1,23 @@
-"""Run the server until SIGINT/SIGTERM: in-flight requests finish, then the cache is saved."""
+"""Run the server until SIGINT/SIGTERM: in-flight requests finish, then the cache is saved.
+
+The start-up line is written only once the socket is bound, and it names the port
+really bound (``--port 0`` asks the OS for one) and the providers requests will go to.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 
 from aiohttp import web
 
 from kallm.config import Settings
+from kallm.errors import ConfigError
+from kallm.providers.router import provider_configs
 from kallm.server.app import create_app
+from kallm.server.loop import upstream_is_self
 
 log = logging.getLogger("kallm.server")
 
@@ -15,24 +25,64 @@ GRACE_SECONDS = 30.0  # how long in-flight requests may finish after a stop sign
 
 
 def serve(settings: Settings) -> None:
-    """Block serving ``settings.host:port``; raises OSError if the address is taken."""
-    app = create_app(settings)
+    """Block serving ``settings.host:port``; raises OSError if the address is taken and
+    ConfigError when a setting makes serving impossible (e.g. kallm as its own upstream)."""
+    asyncio.run(_serve(settings))
 
-    async def announce(_: web.Application) -> None:
+
+async def _serve(settings: Settings) -> None:
+    runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=GRACE_SECONDS)
+    await runner.setup()  # start-up: database, providers, cache file
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        port = _bound_port(runner, settings.port)
+        _refuse_self_as_upstream(settings, port)
         log.info(
-            "kallm listening on http://%s:%d/v1 (upstream %s)",
+            "kallm listening on http://%s:%d/v1 → %s",
             settings.host,
-            settings.port,
-            settings.upstream_base_url,
+            port,
+            describe_providers(settings),
         )
+        await _until_stopped()
+        log.info("stopping: finishing requests in flight (up to %.0fs)", GRACE_SECONDS)
+    finally:
+        await runner.cleanup()
 
-    app.on_startup.append(announce)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=GRACE_SECONDS,
-        handle_signals=True,
-    )
+
+def _bound_port(runner: web.AppRunner, asked: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return asked
+
+
+def _refuse_self_as_upstream(settings: Settings, port: int) -> None:
+    for config in provider_configs(settings):
+        if upstream_is_self(config.base_url, settings.host, port):
+            where = "OPENAI_BASE_URL" if not settings.providers else f"provider {config.name}"
+            raise ConfigError(
+                f"{where} ({config.base_url}) points at this kallm itself "
+                f"(listening on {settings.host}:{port}); set it to the real upstream"
+            )
+
+
+def describe_providers(settings: Settings) -> str:
+    """``openai (https://api.openai.com/v1)`` or ``openai, anthropic, gemini; aliases: fast``."""
+    configs = provider_configs(settings)
+    if not settings.providers:
+        return f"upstream {configs[0].base_url}"
+    text = ", ".join(f"{c.name} ({c.kind})" for c in configs)
+    if settings.aliases:
+        text += "; aliases: " + ", ".join(a.name for a in settings.aliases)
+    return "providers " + text
+
+
+async def _until_stopped() -> None:
+    """Wait for SIGINT or SIGTERM (Ctrl-C, docker stop, a Kubernetes pod deletion)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
