@@ -71,6 +71,8 @@ class Settings:
     admin_key: str | None = None
     db_path: Path | None = field(default_factory=lambda: default_data_dir() / "kallm.db")
     keys_dir: Path | None = None
+    open_routes: tuple[str, ...] = ()  # organisation routes virtual keys may use
+    open_route_charge: float = 0.0  # USD charged per successful call of an opened route
     log_requests: bool = True
     log_bodies: bool = False
     log_retention: float = 30 * 86400.0
@@ -185,6 +187,28 @@ def parse_embedding_model(value: Any) -> str:
     return text
 
 
+def parse_open_routes(value: Any) -> tuple[str, ...]:
+    """``files,batches`` or a TOML list: organisation routes opened to virtual keys."""
+    from kallm.server.routes import ORGANISATION_ROUTES
+
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    unknown = [name for name in names if name not in ORGANISATION_ROUTES]
+    if unknown:
+        raise ValueError("route names from: " + ", ".join(sorted(ORGANISATION_ROUTES)))
+    return names
+
+
+def parse_usd(value: Any) -> float:
+    try:
+        amount = float(value)
+    except (TypeError, ValueError):
+        amount = -1.0
+    if not 0 <= amount <= 1e6:  # False for NaN too
+        raise ValueError("an amount in USD from 0 to 1000000")
+    return amount
+
+
 def parse_secret(value: Any) -> str | None:
     text = str(value).strip()
     return text or None
@@ -255,6 +279,10 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("auth", "auth.mode", ("KALLM_AUTH",), parse_choice("off", "virtual-keys")),
     SettingSpec("admin_key", "auth.admin_key", ("KALLM_ADMIN_KEY",), parse_secret, secret=True),
     SettingSpec("keys_dir", "auth.keys_dir", ("KALLM_KEYS_DIR",), parse_optional_path),
+    SettingSpec("open_routes", "auth.open_routes", ("KALLM_OPEN_ROUTES",), parse_open_routes),
+    SettingSpec(
+        "open_route_charge", "auth.open_route_charge", ("KALLM_OPEN_ROUTE_CHARGE",), parse_usd
+    ),
     SettingSpec("db_path", "db.path", ("KALLM_DB",), parse_optional_path),
     SettingSpec("log_requests", "log.requests", ("KALLM_LOG_REQUESTS",), parse_bool),
     SettingSpec("log_bodies", "log.bodies", ("KALLM_LOG_BODIES",), parse_bool),

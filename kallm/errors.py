@@ -6,11 +6,14 @@
     ├── RequestError                (400, invalid_request_error) unusable client input
     │   ├── PayloadTooLarge         (413)
     │   ├── ModelNotFound           (404) no provider serves the model
+    │   ├── RouteNotFound           (404) no such API route (or a path not in normal form)
     │   ├── KeyNotFound             (404) no such virtual key (admin and CLI)
     │   └── KeyConflict             (409) a key with that name exists
     ├── AuthenticationError         (401) no usable key
     ├── PermissionDenied            (403)
     │   ├── ModelNotAllowed         the key may not use this model
+    │   ├── RouteClosed             an organisation route kallm cannot police, under keys
+    │   ├── PriceUnknown            a budgeted key asked for a model with no price
     │   └── AdminDisabled           no admin key configured
     ├── RateLimited                 (429, headers Retry-After, x-ratelimit-*)
     ├── BudgetExceeded              (429, insufficient_quota)
@@ -90,6 +93,11 @@ class ModelNotFound(RequestError):
     code = "model_not_found"
 
 
+class RouteNotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
 class KeyNotFound(RequestError):
     status = 404
     code = "key_not_found"
@@ -113,6 +121,14 @@ class PermissionDenied(KallmError):
 
 class ModelNotAllowed(PermissionDenied):
     code = "model_not_allowed"
+
+
+class RouteClosed(PermissionDenied):
+    code = "route_not_allowed"
+
+
+class PriceUnknown(PermissionDenied):
+    code = "model_not_priced"
 
 
 class AdminDisabled(PermissionDenied):

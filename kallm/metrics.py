@@ -10,7 +10,8 @@ pays nothing for them.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -18,10 +19,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from kallm.server.app import Runtime
     from kallm.server.log import RequestLog
+    from kallm.server.runtime import Runtime
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_MODEL_LABELS = 100
 # A cache hit takes about a millisecond and a model call seconds: buckets span both.
 LATENCY_BUCKETS = (
     0.0005,
@@ -91,13 +93,26 @@ class Metrics:
             "kallm_tokens", "Tokens of upstream answers.", ["model", "direction"], registry=r
         )
         self.spend = Counter("kallm_spend_usd", "Estimated upstream spend.", ["model"], registry=r)
-        r.register(CacheCollector(runtime))
+        self._models: set[str] = set()
+        self._figures = CacheFigures(0, 0, 0)
+        r.register(CacheCollector(runtime, lambda: self._figures))
+
+    def model_label(self, record: RequestLog) -> str:
+        """A model name is the client's to choose: only names that got an answer become label
+        values, and only the first ``MAX_MODEL_LABELS`` of them; the rest are ``other``, so
+        no client can grow the registry without bound."""
+        if record.status != 200 or not record.model:
+            return ""
+        if record.model in self._models:
+            return record.model
+        if len(self._models) < MAX_MODEL_LABELS:
+            self._models.add(record.model)
+            return record.model
+        return "other"
 
     def observe(self, record: RequestLog) -> None:
         """Count one finished request."""
-        # a model name is the client's to choose: only names that got an answer become label
-        # values, or a client inventing names would grow the registry without bound
-        model = (record.model or "") if record.status == 200 else ""
+        model = self.model_label(record)
         provider = record.provider or ""
         cache = record.cache or "none"
         self.requests.labels(record.path_group, model, provider, cache, str(record.status)).inc()
@@ -116,25 +131,43 @@ class Metrics:
         if record.cost_usd:
             self.spend.labels(model).inc(record.cost_usd)
 
-    def render(self) -> bytes:
+    def render(self, figures: CacheFigures) -> bytes:
+        """The exposition text, with the backend's figures read just before (they may live
+        in another process, so they are read by the async handler, not here)."""
+        self._figures = figures
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheFigures:
+    """What the cache backend reports: entries, and what left by LRU and by TTL."""
+
+    entries: int
+    evictions: int
+    expirations: int
 
 
 class CacheCollector(Collector):
     """Cache and persistence state, read when Prometheus scrapes."""
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime, figures: Callable[[], CacheFigures]):
         self._runtime = runtime
+        self._figures = figures
 
     def collect(self) -> Iterator[Metric]:
         runtime = self._runtime
-        cache = getattr(runtime, "cache", None)
+        cache = runtime.cache
         if cache is None:  # scraped before start-up finished
             return
         stats = cache.stats
-        backend = cache.backend
-        counters = getattr(backend, "counters", None)
-        yield _gauge("kallm_cache_entries", "Entries in the cache.", len(backend))
+        figures = self._figures()
+        yield _gauge("kallm_cache_entries", "Entries in the cache.", figures.entries)
+        degraded = GaugeMetricFamily(
+            "kallm_degraded", "1 while a part of the server is degraded.", labels=["part"]
+        )
+        for part in sorted(runtime.health.degraded):
+            degraded.add_metric([part], 1)
+        yield degraded
         hits = CounterMetricFamily("kallm_cache_hits", "Cache hits by tier.", labels=["tier"])
         hits.add_metric(["exact"], stats.exact_hits)
         hits.add_metric(["semantic"], stats.semantic_hits)
@@ -148,12 +181,8 @@ class CacheCollector(Collector):
         for reason, count in sorted(stats.guarded.items()):
             guarded.add_metric([reason], count)
         yield guarded
-        yield _counter(
-            "kallm_cache_evictions", "Entries evicted (LRU).", getattr(counters, "evictions", 0)
-        )
-        yield _counter(
-            "kallm_cache_expirations", "Entries expired (TTL).", getattr(counters, "expirations", 0)
-        )
+        yield _counter("kallm_cache_evictions", "Entries evicted (LRU).", figures.evictions)
+        yield _counter("kallm_cache_expirations", "Entries expired (TTL).", figures.expirations)
         yield _counter(
             "kallm_cache_embedding_errors", "Embeddings that failed.", stats.embed_errors
         )
@@ -162,7 +191,7 @@ class CacheCollector(Collector):
         yield _counter(
             "kallm_log_rows_dropped",
             "Request-log rows (and spend writes) the database could not take.",
-            runtime.accounts.dropped_rows,
+            runtime.request_log.dropped if runtime.request_log else 0,
         )
         keeper = runtime.keeper
         if keeper is not None and keeper.last_saved is not None:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from kallm.accounts.keyring import KeyBackend
 from kallm.config import Settings
 from kallm.server import RUNTIME, Runtime, create_app
 from tests.fake_upstream import FakeUpstream, start_fake_upstream
@@ -57,10 +58,21 @@ class Proxy:
     url: str
     root: str
     settings: Settings
+    loop: LoopThread
 
     @property
     def runtime(self) -> Runtime:
         return self.app[RUNTIME]
+
+    @property
+    def keys(self) -> KeyBackend:
+        keys = self.runtime.backends.keys
+        assert keys is not None, "this proxy runs without a key store"
+        return keys
+
+    def call(self, coro: Awaitable[T]) -> T:
+        """Run a coroutine on the server's own loop (its backends live there)."""
+        return self.loop.run(coro)
 
 
 def start_upstream(loop: LoopThread) -> Upstream:
@@ -77,7 +89,7 @@ def start_proxy(loop: LoopThread, settings: Settings, **app_kwargs: Any) -> Prox
         await site.start()
         port = runner.addresses[0][1]
         root = f"http://127.0.0.1:{port}"
-        return Proxy(app, runner, f"{root}/v1", root, settings)
+        return Proxy(app, runner, f"{root}/v1", root, settings, loop)
 
     return loop.run(start())
 

@@ -19,9 +19,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
+from kallm.accounts import keyring
 from kallm.accounts.k8s import yaml_str
 from kallm.cli.app import app
-from kallm.server import accounts as server_accounts
 from tests.harness import Http, Proxy
 
 ONCE = "cannot be shown again"
@@ -31,7 +31,7 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"
 @pytest.fixture(autouse=True)
 def fast_key_reload(monkeypatch: pytest.MonkeyPatch) -> None:
     """Servers pick up keys changed behind their back (file, --keys-dir) within 0.1 s."""
-    monkeypatch.setattr(server_accounts, "REFRESH_SECONDS", 0.1)
+    monkeypatch.setattr(keyring, "REFRESH_SECONDS", 0.1)
 
 
 @pytest.fixture

@@ -60,8 +60,8 @@ def served(make_proxy: Callable[..., Proxy], db: Path) -> Proxy:
     assert ask(http, bob, "gpt-4o", "Not for bob.") == 403
     http.get("/health")
     http.get("/stats")
-    assert proxy.runtime.accounts.writer is not None
-    assert proxy.runtime.accounts.writer.flush()
+    assert proxy.runtime.request_log is not None
+    assert proxy.runtime.request_log.flush()
     return proxy
 
 

@@ -82,7 +82,7 @@ def test_connect_creates_and_migrates_an_empty_database(tmp_path: Path) -> None:
     path = tmp_path / "new" / "folder" / "kallm.db"
     conn = connect(path)
     assert path.exists()
-    assert schema_version(conn) == len(MIGRATIONS) == 1
+    assert schema_version(conn) == len(MIGRATIONS) == 2
     tables = {r["name"] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"keys", "requests"} <= tables
     indexes = {
@@ -116,8 +116,8 @@ def test_reconnecting_is_idempotent_and_keeps_data(db: Path) -> None:
         )
     conn.close()
     conn = connect(db)
-    assert schema_version(conn) == 1
-    assert migrate(conn) == 1
+    assert schema_version(conn) == 2
+    assert migrate(conn) == 2
     key = conn.execute("SELECT * FROM keys").fetchone()
     assert (key["name"], key["spend_usd"], key["metadata"]) == ("team", 0, "{}")
     conn.close()
@@ -139,15 +139,16 @@ def test_a_failing_migration_rolls_back_whole(
 ) -> None:
     def broken(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE half (x)")
-        raise RuntimeError("step 2 failed")
+        raise RuntimeError("the last step failed")
 
     monkeypatch.setattr(migrations_module, "MIGRATIONS", [*MIGRATIONS, broken])
     path = tmp_path / "kallm.db"
     with pytest.raises(RuntimeError):
         connect(path)
     monkeypatch.undo()
+    # every real step committed on its own; the broken one left nothing behind
+    assert schema_version(connect(path, readonly=True)) == len(MIGRATIONS)
     conn = connect(path)
-    assert schema_version(conn) == 1  # step 1 committed on its own, step 2 left nothing
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchone() is None
     conn.close()
 

@@ -1,4 +1,4 @@
-"""Start-up tells the truth: the port really bound, the providers, and kallm never its own upstream."""
+"""Start-up tells the truth: the port bound, the providers, and kallm is never its own upstream."""
 
 from __future__ import annotations
 
@@ -43,7 +43,9 @@ def _first_line_matching(process: subprocess.Popen[str], pattern: str, seconds: 
     raise AssertionError(f"no log line matching {pattern!r}")
 
 
-def test_port_zero_announces_the_real_port_after_binding(upstream: Upstream, tmp_path: Path) -> None:
+def test_port_zero_announces_the_real_port_after_binding(
+    upstream: Upstream, tmp_path: Path
+) -> None:
     process = _serve(
         {"OPENAI_BASE_URL": upstream.url, "KALLM_CACHE_FILE": "off", "KALLM_DB": "off"},
         "--port",

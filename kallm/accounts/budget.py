@@ -4,14 +4,18 @@ A request reserves its maximum cost at admission, atomically with the check,
 and settles to its real cost when it completes (a failed request settles at what
 it cost upstream, usually nothing). Concurrent requests therefore cannot all
 pass the check and overspend together: the overshoot is at most one request,
-the one admitted when nothing else was in flight. ``SpendLedger`` is the seam for shared state;
-this in-process version needs no lock because it never awaits inside a check.
+the one admitted when nothing else was in flight.
+
+``SpendLedger`` is the seam for shared state. This in-process ledger needs no lock
+because it never awaits between a check and its reservation; it makes spend durable
+through a ``SpendSink`` that is awaited at settlement (the server's is a SQLite commit),
+so a crash forgets at most the requests in flight. A Redis ledger keeps the same
+promises across replicas (``kallm.state.redis``).
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,7 +25,9 @@ from kallm.errors import BudgetExceeded
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    id: int
+    """Money held for one request; ``id`` is the request's, so settling twice is harmless."""
+
+    id: str
     key_id: str
     amount: float
 
@@ -30,31 +36,38 @@ class Reservation:
 class Account:
     spend: float
     period_start: float
-    reserved: dict[int, float]
+    reserved: dict[str, float]
 
 
-# (key id, spend so far this period, saved delta, period start) -> persisted somewhere.
+# (key id, spend so far this period, saved delta, period start, when) -> made durable.
 # Spend is written as a total so that the last write wins and a period reset is exact.
-SpendSink = Callable[[str, float, float, float], None]
+SpendSink = Callable[[str, float, float, float, float], Awaitable[None]]
 
 
 class SpendLedger(Protocol):
-    async def reserve(self, key: KeyRecord, amount: float, now: float) -> Reservation: ...
+    async def reserve(
+        self, key: KeyRecord, amount: float, request_id: str, now: float
+    ) -> Reservation: ...
 
-    async def settle(self, reservation: Reservation, cost: float) -> None: ...
+    async def settle(self, reservation: Reservation, cost: float, now: float) -> None: ...
 
     async def add_saved(self, key: KeyRecord, saved: float, now: float) -> None: ...
+
+    async def spend(self, key: KeyRecord, now: float) -> float: ...
+
+
+def over_budget(key: KeyRecord, spend: float) -> BudgetExceeded:
+    period = " for this period" if key.budget_period else ""
+    assert key.budget_usd is not None
+    return BudgetExceeded(
+        f"This key has used ${spend:.4f} of its ${key.budget_usd:.4f} budget{period}."
+    )
 
 
 class MemoryLedger:
     def __init__(self, sink: SpendSink | None = None):
         self._accounts: dict[str, Account] = {}
-        self._ids = itertools.count(1)
         self._sink = sink
-
-    def spend(self, key_id: str) -> float:
-        account = self._accounts.get(key_id)
-        return account.spend if account else 0.0
 
     def _account(self, key: KeyRecord, now: float) -> Account:
         account = self._accounts.get(key.id)
@@ -65,33 +78,35 @@ class MemoryLedger:
             elapsed = (now - account.period_start) // period
             account.period_start += elapsed * period
             account.spend = 0.0
-            self._persist(key.id, account, 0.0)
         return account
 
-    async def reserve(self, key: KeyRecord, amount: float, now: float) -> Reservation:
+    async def reserve(
+        self, key: KeyRecord, amount: float, request_id: str, now: float
+    ) -> Reservation:
         account = self._account(key, now)
         if key.budget_usd is not None:
             committed = account.spend + sum(account.reserved.values())
             fits = committed + amount <= key.budget_usd
             last_one = not account.reserved and account.spend < key.budget_usd
             if not (fits or last_one):
-                raise BudgetExceeded(
-                    f"This key has used ${account.spend:.4f} of its ${key.budget_usd:.4f} "
-                    "budget" + (" for this period" if key.budget_period else "") + "."
-                )
-        reservation = Reservation(next(self._ids), key.id, amount)
-        account.reserved[reservation.id] = amount
+                raise over_budget(key, account.spend)
+        reservation = Reservation(request_id, key.id, amount)
+        account.reserved[request_id] = amount
         return reservation
 
-    async def settle(self, reservation: Reservation, cost: float) -> None:
-        account = self._accounts[reservation.key_id]
-        account.reserved.pop(reservation.id, None)
+    async def settle(self, reservation: Reservation, cost: float, now: float) -> None:
+        account = self._accounts.get(reservation.key_id)
+        if account is None or account.reserved.pop(reservation.id, None) is None:
+            return  # settled already
         account.spend += cost
-        self._persist(reservation.key_id, account, 0.0)
+        await self._persist(reservation.key_id, account, 0.0, now)
 
     async def add_saved(self, key: KeyRecord, saved: float, now: float) -> None:
-        self._persist(key.id, self._account(key, now), saved)
+        await self._persist(key.id, self._account(key, now), saved, now)
 
-    def _persist(self, key_id: str, account: Account, saved: float) -> None:
+    async def spend(self, key: KeyRecord, now: float) -> float:
+        return self._account(key, now).spend
+
+    async def _persist(self, key_id: str, account: Account, saved: float, now: float) -> None:
         if self._sink is not None:
-            self._sink(key_id, account.spend, saved, account.period_start)
+            await self._sink(key_id, account.spend, saved, account.period_start, now)

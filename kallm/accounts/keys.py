@@ -165,16 +165,23 @@ class KeyStore:
             raise KeyConflict(f"a key named {record.name!r} already exists") from None
 
     def upsert_policy(self, record: KeyRecord) -> None:
-        """Insert a key from a mounted Secret, or update its policy; spend stays as counted."""
+        """Insert a key from a mounted Secret, or update its policy; spend stays as counted.
+
+        What was done here outlives the Secret file: a revocation (the file still says "not
+        revoked"), and a rotation (the file still carries the old, retired hash).
+        """
         names = [
             c
             for c in _COLUMNS
             if c not in ("spend_usd", "saved_usd", "last_used", "period_start", "revoked")
+            and c not in ("id", "hash", "prefix")
         ]
         values = dict(zip(_COLUMNS, _row(record), strict=True))
-        updates = ", ".join(f"{c} = excluded.{c}" for c in names if c != "id")
-        # a revocation made here outlives the Secret file, which still says "not revoked"
+        updates = ", ".join(f"{c} = excluded.{c}" for c in names)
         updates += ", revoked = COALESCE(keys.revoked, excluded.revoked)"
+        retired = "excluded.hash IN (SELECT hash FROM retired_hashes)"
+        updates += f", hash = CASE WHEN {retired} THEN keys.hash ELSE excluded.hash END"
+        updates += f", prefix = CASE WHEN {retired} THEN keys.prefix ELSE excluded.prefix END"
         with self.conn:
             self.conn.execute(
                 f"INSERT INTO keys ({', '.join(_COLUMNS)}) VALUES "
@@ -209,9 +216,16 @@ class KeyStore:
         return record
 
     def rotate(self, ref: str) -> tuple[KeyRecord, str]:
-        """A new secret for the same key: id, name, policy and spend stay."""
+        """A new secret for the same key: id, name, policy and spend stay; the old hash is
+        retired for good (a stale Secret file cannot bring it back)."""
         secret = new_secret()
-        record = replace(self.get(ref), prefix=secret[:SHOWN_PREFIX], hash=hash_secret(secret))
+        old = self.get(ref)
+        record = replace(old, prefix=secret[:SHOWN_PREFIX], hash=hash_secret(secret))
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO retired_hashes (hash, key_id, retired) VALUES (?, ?, ?)",
+                (old.hash, old.id, time.time()),
+            )
         self._save(record, {"prefix", "hash"})
         return record, secret
 
@@ -231,8 +245,22 @@ class KeyStore:
             raise KeyConflict(f"a key named {record.name!r} already exists") from None
 
 
+# Upper bounds: a key's numbers end up in SQLite (64-bit integers) and in arithmetic;
+# anything past these is a typo or an attack, never a policy.
+_MAXIMA = {
+    "budget_usd": 1e9,
+    "budget_period": 100 * 365 * 86400.0,
+    "expires": 1e11,
+    "rpm": 10**9,
+    "tpm": 10**12,
+}
+_MAX_TEXT = 256
+
+
 def _checked(policy: dict[str, Any]) -> dict[str, Any]:
-    """Types and ranges of a key policy; a 400 naming the field otherwise."""
+    """Types and ranges of a key policy; a 400 naming the field otherwise. NaN, infinities
+    and numbers too large to mean anything are refused everywhere (a NaN budget would be
+    a key without one)."""
     unknown = set(policy) - EDITABLE
     if unknown:
         name = sorted(unknown)[0]
@@ -253,10 +281,56 @@ def _checked(policy: dict[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(value, bool) or not isinstance(value, kinds[name]):
             raise RequestError(f"{name} has the wrong type ({type(value).__name__})", param=name)
-        if name in ("budget_usd", "budget_period", "rpm", "tpm") and value < 0:
-            raise RequestError(f"{name} must be zero or more", param=name)
+        if name in _MAXIMA and not (0 <= value <= _MAXIMA[name]):  # False for NaN too
+            raise RequestError(
+                f"{name} must be a finite number from 0 to {_MAXIMA[name]:,.0f}", param=name
+            )
+        if isinstance(value, str):
+            _check_text(value, name)
     if policy.get("models") is not None:
         if not all(isinstance(m, str) and m for m in policy["models"]):
             raise RequestError("models must be a list of model name patterns", param="models")
+        for pattern in policy["models"]:
+            _check_text(pattern, "models")
         policy["models"] = tuple(policy["models"])
+    if policy.get("metadata") is not None:
+        for key, value in policy["metadata"].items():
+            if not isinstance(value, str):
+                raise RequestError("metadata values must be strings", param="metadata")
+            _check_text(key, "metadata")
+            _check_text(value, "metadata")
     return policy
+
+
+def _check_text(value: str, name: str) -> None:
+    """Printable UTF-8 of bounded length: names end up in tables, logs and Secrets."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"{name} is not valid UTF-8 text", param=name) from None
+    if len(value) > _MAX_TEXT or not value.isprintable():
+        raise RequestError(
+            f"{name} must be printable text of at most {_MAX_TEXT} characters", param=name
+        )
+
+
+def record_from_file(data: Any) -> KeyRecord:
+    """A key record from a mounted Secret's JSON, checked like the admin API checks a policy.
+
+    Raises ``ValueError`` naming what is wrong: the file is skipped, the rest load.
+    """
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    for name in ("id", "name", "prefix", "hash"):
+        if not isinstance(data.get(name), str) or not data[name]:
+            raise ValueError(f"{name!r} must be a non-empty string")
+    for name in ("created", "period_start"):
+        value = data.get(name)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1e11:
+            raise ValueError(f"{name!r} must be a time in seconds")
+    policy = {k: data.get(k) for k in EDITABLE if k != "name" and data.get(k) is not None}
+    try:
+        _checked(dict(policy))
+    except RequestError as exc:
+        raise ValueError(exc.message) from None
+    return record_from_row(data)

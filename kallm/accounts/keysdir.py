@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from kallm.accounts.keys import KeyRecord, record_from_row
+from kallm.accounts.keys import KeyRecord, record_from_file
 
 log = logging.getLogger("kallm.accounts")
 
@@ -40,7 +40,7 @@ class KeysDirectory:
             if self._seen.get(file.name, ("", ""))[0] == digest:
                 continue
             try:
-                record = record_from_row(json.loads(data))
+                record = record_from_file(json.loads(data, parse_constant=_refuse))
             except (ValueError, TypeError, KeyError) as exc:
                 log.warning("key file %s is not a kallm key record: %s", file, exc)
                 continue
@@ -54,3 +54,7 @@ class KeysDirectory:
         """Ids of keys whose files disappeared (their keys are revoked)."""
         gone, self._removed = self._removed, []
         return gone
+
+
+def _refuse(name: str) -> None:
+    raise ValueError(f"{name} is not a number a key may hold")

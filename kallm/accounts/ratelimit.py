@@ -1,13 +1,18 @@
 """Requests and tokens per minute, per key, over a sliding 60-second window.
 
+Tokens are charged at admission with the request's estimate and corrected at
+settlement with what it really used, so fifty concurrent requests cannot all slip
+under a tokens-per-minute limit before any of them has finished. As with budgets,
+one request is admitted when nothing of the key's is in the window, so a single
+request bigger than the limit is not refused for ever.
+
 ``RateLimits`` is the seam for shared state: this in-process version keeps
-timestamps in deques; a Redis version can keep the same windows in sorted
-sets without the request path changing.
+timestamps in deques; the Redis version (``kallm.state.redis``) runs GCRA in Lua.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,43 +46,59 @@ class RateState:
 
 
 class RateLimits(Protocol):
-    async def admit(self, key: KeyRecord, now: float) -> RateState: ...
+    async def admit(self, key: KeyRecord, tokens: int, request_id: str, now: float) -> RateState:
+        """Count the request and charge ``tokens`` (its estimate) if both fit."""
+        ...
 
-    async def add_tokens(self, key: KeyRecord, tokens: int, now: float) -> None: ...
+    async def settle(
+        self, key: KeyRecord, reserved: int, used: int, request_id: str, now: float
+    ) -> None:
+        """Replace the estimate charged at admission with the tokens really used."""
+        ...
 
 
 class MemoryRateLimits:
     def __init__(self) -> None:
         self._requests: dict[str, deque[float]] = {}
-        self._tokens: dict[str, deque[tuple[float, int]]] = {}
+        # per key: request id -> [admitted at, tokens], oldest first; settle edits in place
+        self._tokens: dict[str, OrderedDict[str, list[float]]] = {}
 
-    async def admit(self, key: KeyRecord, now: float) -> RateState:
+    async def admit(self, key: KeyRecord, tokens: int, request_id: str, now: float) -> RateState:
         """Count the request if it fits; a refused request is not counted."""
         requests = self._requests.setdefault(key.id, deque())
-        tokens = self._tokens.setdefault(key.id, deque())
+        charged = self._tokens.setdefault(key.id, OrderedDict())
         while requests and requests[0] <= now - WINDOW:
             requests.popleft()
-        while tokens and tokens[0][0] <= now - WINDOW:
-            tokens.popleft()
-        used_tokens = sum(n for _, n in tokens)
+        while charged and next(iter(charged.values()))[0] <= now - WINDOW:
+            charged.popitem(last=False)
+        used = int(sum(n for _, n in charged.values()))
         state = RateState(
             key.rpm,
             None if key.rpm is None else key.rpm - len(requests),
             key.tpm,
-            None if key.tpm is None else key.tpm - used_tokens,
+            None if key.tpm is None else key.tpm - used,
         )
         if key.rpm is not None and len(requests) >= key.rpm:
             return _refused(state, requests[0] + WINDOW - now, "requests per minute")
-        if key.tpm is not None and used_tokens >= key.tpm:
-            return _refused(state, tokens[0][0] + WINDOW - now, "tokens per minute")
+        if key.tpm is not None and charged and used + tokens > key.tpm:
+            oldest = next(iter(charged.values()))[0]
+            return _refused(state, oldest + WINDOW - now, "tokens per minute")
         requests.append(now)
-        if key.rpm is not None:
-            state = RateState(key.rpm, key.rpm - len(requests), key.tpm, state.remaining_tokens)
-        return state
+        if key.tpm is not None:
+            charged[request_id] = [now, tokens]
+        return RateState(
+            key.rpm,
+            None if key.rpm is None else key.rpm - len(requests),
+            key.tpm,
+            None if key.tpm is None else key.tpm - used - tokens,
+        )
 
-    async def add_tokens(self, key: KeyRecord, tokens: int, now: float) -> None:
-        if key.tpm is not None and tokens > 0:
-            self._tokens.setdefault(key.id, deque()).append((now, tokens))
+    async def settle(
+        self, key: KeyRecord, reserved: int, used: int, request_id: str, now: float
+    ) -> None:
+        entry = self._tokens.get(key.id, {}).get(request_id)
+        if entry is not None:  # still in the window: it now counts what it really used
+            entry[1] = used
 
 
 def _refused(state: RateState, retry_after: float, reason: str) -> RateState:

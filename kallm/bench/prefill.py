@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from kallm.bench.prompts import MODEL, chat_request, completion_body
-from kallm.cache.scope import CacheKey, cache_key
+from kallm.cache.scope import SERVER_TENANT, CacheKey, cache_key
 from kallm.cache.snapshot import encode, write_atomic
 from kallm.cache.store import Entry, MemoryBackend
 from kallm.embed import Embedder
@@ -35,9 +35,12 @@ async def embed_texts(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
     return vectors
 
 
-def keys_of(texts: Sequence[str], model: str = MODEL, namespace: str = "") -> list[CacheKey]:
-    """The cache keys kallm derives for these prompts sent as ``chat_request`` bodies."""
-    return [cache_key(chat_request(text, model), namespace) for text in texts]
+def keys_of(
+    texts: Sequence[str], model: str = MODEL, tenant: tuple[str, ...] = SERVER_TENANT
+) -> list[CacheKey]:
+    """The cache keys kallm derives for these prompts sent as ``chat_request`` bodies, by
+    callers relying on the server's own upstream key (how the benchmark runs kallm)."""
+    return [cache_key(chat_request(text, model), tenant) for text in texts]
 
 
 async def embed_keys(embedder: Embedder, keys: Sequence[CacheKey]) -> np.ndarray:

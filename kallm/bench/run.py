@@ -177,7 +177,9 @@ class BenchSession:
             "kallm",
             ["-m", "kallm", "serve", "--config", str(config), "--port", "{port}"],
             "/health",
-            env=options.kallm_env,
+            # the server holds the upstream key, as a deployment would: every caller shares
+            # the cache (see kallm.server.admission), and the pre-filled entries are theirs
+            env={"OPENAI_API_KEY": options.api_key, **options.kallm_env},
         )
         self.kallm_url = kallm.root + "/v1"
         self.kallm_info = await self.kallm_stats()

@@ -32,6 +32,11 @@ DELIVERY_ONLY_FIELDS = frozenset(
 )
 
 
+# The tenant of callers relying on the server's own upstream key (auth off): see
+# kallm.server.admission for who shares answers with whom.
+SERVER_TENANT = ("credential", "server")
+
+
 @dataclass(frozen=True, slots=True)
 class CacheKey:
     """Where a request lives in the cache.
@@ -72,8 +77,14 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def cache_key(request: dict[str, Any], namespace: str = "") -> CacheKey:
-    """Split a validated chat request into its scope and compared text."""
+def cache_key(request: dict[str, Any], tenant: tuple[str, ...] = ()) -> CacheKey:
+    """Split a validated chat request into its scope and compared text.
+
+    ``tenant`` lists who may share the answer (a key's namespace, an upstream credential's
+    digest, a client's sub-namespace); it is hashed as a list, so no choice of names can
+    make two tenants collide (``team-a|`` and ``team-a`` + ``|`` are different lists).
+    """
+    namespace = list(tenant)
     messages: list[Any] = request["messages"]
     params = {k: v for k, v in request.items() if k not in DELIVERY_ONLY_FIELDS}
     last_text = _user_text(messages[-1]) if messages else None

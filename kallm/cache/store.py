@@ -37,6 +37,12 @@ class Entry:
     id: int = field(default=0)
 
 
+@dataclass
+class BackendCounters:
+    evictions: int = 0
+    expirations: int = 0
+
+
 class CacheBackend(Protocol):
     """What the cache facade needs from wherever entries live."""
 
@@ -52,11 +58,9 @@ class CacheBackend(Protocol):
 
     async def size(self) -> int: ...
 
-
-@dataclass
-class BackendCounters:
-    evictions: int = 0
-    expirations: int = 0
+    def counters(self) -> BackendCounters:
+        """Evictions and expirations so far (fleet-wide where the backend can tell)."""
+        ...
 
 
 class MemoryBackend:
@@ -64,7 +68,7 @@ class MemoryBackend:
 
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
-        self.counters = BackendCounters()
+        self._counters = BackendCounters()
         self._entries: OrderedDict[int, Entry] = OrderedDict()  # oldest use first
         self._by_exact: dict[str, int] = {}
         self._scopes: dict[str, VectorIndex] = {}
@@ -76,6 +80,9 @@ class MemoryBackend:
 
     async def size(self) -> int:
         return len(self._entries)
+
+    def counters(self) -> BackendCounters:
+        return self._counters
 
     async def get_exact(self, exact: str, now: float) -> Entry | None:
         entry_id = self._by_exact.get(exact)
@@ -119,7 +126,7 @@ class MemoryBackend:
             index.add(entry.id, entry.vector)
         while len(self._entries) > self.max_entries:
             self._remove(next(iter(self._entries.values())))
-            self.counters.evictions += 1
+            self._counters.evictions += 1
 
     async def touch(self, entry: Entry, now: float) -> None:
         entry.hits += 1
@@ -139,7 +146,7 @@ class MemoryBackend:
 
     def _expire(self, entry: Entry) -> None:
         self._remove(entry)
-        self.counters.expirations += 1
+        self._counters.expirations += 1
 
     def _remove(self, entry: Entry) -> None:
         self.changes += 1

@@ -69,8 +69,20 @@ def _v1_keys_and_requests(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX requests_model_time ON requests (model, time)")
 
 
+def _v2_retired_hashes(conn: sqlite3.Connection) -> None:
+    """Hashes of secrets replaced by a rotation: a key file from a mounted Secret that still
+    carries one must not bring a leaked secret back after a restart."""
+    conn.execute("""
+        CREATE TABLE retired_hashes (
+            hash TEXT PRIMARY KEY,
+            key_id TEXT NOT NULL,
+            retired REAL NOT NULL
+        )""")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v1_keys_and_requests,
+    _v2_retired_hashes,
 ]
 
 

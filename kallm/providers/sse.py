@@ -47,51 +47,93 @@ def event_data(raw: bytes) -> bytes | None:
     return b"\n".join(lines) if lines else None
 
 
-class StreamAssembler:
-    """Builds the chat.completion a stream amounts to, chunk by chunk."""
+MAX_CHOICES = 128  # OpenAI allows n <= 128
+MAX_TOOL_CALLS = 128  # per choice; an index of 1,000,000 is an upstream lying, not a call
 
-    def __init__(self) -> None:
+
+class StreamAssembler:
+    """Builds the chat.completion a stream amounts to, chunk by chunk.
+
+    Bounded whatever the upstream sends: indices past ``MAX_CHOICES``/``MAX_TOOL_CALLS`` and
+    chunks that are not chunk-shaped raise ``ValueError`` (the stream is cut with an error
+    event and nothing is stored); past ``max_chars`` of assembled text the assembler stops
+    keeping it (``overflow``: relayed to the client, never cached) but keeps counting what
+    was relayed, which is what an abandoned stream is billed from when no usage came.
+    """
+
+    def __init__(self, max_chars: int = 64 * 1024 * 1024) -> None:
         self.top: dict[str, Any] = {}
         self.choices: dict[int, dict[str, Any]] = {}
         self.usage: dict[str, Any] | None = None
         self.done = False
+        self.max_chars = max_chars
+        self.relayed_chars = 0  # text, reasoning and tool arguments seen, kept or not
+        self.overflow = False
 
-    def feed(self, chunk: dict[str, Any]) -> None:
+    def feed(self, chunk: Any) -> None:
+        if not isinstance(chunk, dict):
+            raise ValueError("a stream event that is not a JSON object")
         for name in ("id", "created", "model", "system_fingerprint", "service_tier"):
             if chunk.get(name) is not None:
                 self.top.setdefault(name, chunk[name])
         if chunk.get("usage"):
+            if not isinstance(chunk["usage"], dict):
+                raise ValueError("usage that is not an object")
             self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise ValueError("choices that are not an array")
+        for choice in choices:
+            if not isinstance(choice, dict):
+                raise ValueError("a choice that is not an object")
             self._feed_choice(choice)
 
     def _feed_choice(self, choice: dict[str, Any]) -> None:
+        index = _index(choice.get("index", 0), MAX_CHOICES, "choice")
         state = self.choices.setdefault(
-            choice.get("index", 0), {"message": {"role": "assistant"}, "finish_reason": None}
+            index, {"message": {"role": "assistant"}, "finish_reason": None}
         )
         message = state["message"]
-        for name, value in (choice.get("delta") or {}).items():
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise ValueError("a delta that is not an object")
+        for name, value in delta.items():
             if value is None:
                 continue
             if name == "tool_calls":
-                _merge_tool_calls(message.setdefault("tool_calls", []), value)
+                self._count(_tool_call_chars(value))
+                if not self.overflow:
+                    _merge_tool_calls(message.setdefault("tool_calls", []), value)
             elif name == "role":
                 message["role"] = value
             elif isinstance(value, str):
-                message[name] = message.get(name, "") + value
-            else:
+                self._count(len(value))
+                if not self.overflow:
+                    message[name] = message.get(name, "") + value
+            elif not self.overflow:
                 message[name] = value
-        if choice.get("logprobs"):
+        if choice.get("logprobs") and not self.overflow:
             logprobs = state.setdefault("logprobs", {})
-            for name, items in choice["logprobs"].items():
-                if isinstance(items, list):
-                    logprobs.setdefault(name, []).extend(items)
+            if isinstance(choice["logprobs"], dict):
+                for name, items in choice["logprobs"].items():
+                    if isinstance(items, list):
+                        logprobs.setdefault(name, []).extend(items)
         if choice.get("finish_reason"):
             state["finish_reason"] = choice["finish_reason"]
 
+    def _count(self, chars: int) -> None:
+        self.relayed_chars += chars
+        if self.relayed_chars > self.max_chars and not self.overflow:
+            self.overflow = True
+            self.choices.clear()  # let the big answer go: it will not be stored
+
     @property
     def complete(self) -> bool:
-        return bool(self.choices) and all(c["finish_reason"] for c in self.choices.values())
+        return (
+            not self.overflow
+            and bool(self.choices)
+            and all(c["finish_reason"] for c in self.choices.values())
+        )
 
     def completion(self) -> dict[str, Any]:
         choices = []
@@ -122,9 +164,28 @@ class StreamAssembler:
         return body
 
 
+def _index(value: Any, limit: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
+        raise ValueError(f"a {what} index that is not a whole number from 0 to {limit - 1}")
+    return value
+
+
+def _tool_call_chars(deltas: Any) -> int:
+    if not isinstance(deltas, list):
+        raise ValueError("tool_calls that are not an array")
+    total = 0
+    for delta in deltas:
+        function = delta.get("function") if isinstance(delta, dict) else None
+        if isinstance(function, dict):
+            total += sum(len(v) for v in function.values() if isinstance(v, str))
+    return total
+
+
 def _merge_tool_calls(calls: list[dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
     for delta in deltas:
-        index = delta.get("index", len(calls))
+        if not isinstance(delta, dict):
+            raise ValueError("a tool call delta that is not an object")
+        index = _index(delta.get("index", len(calls)), MAX_TOOL_CALLS, "tool call")
         while len(calls) <= index:
             calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
         call = calls[index]
@@ -134,7 +195,7 @@ def _merge_tool_calls(calls: list[dict[str, Any]], deltas: list[dict[str, Any]])
             call["type"] = delta["type"]
         function = delta.get("function") or {}
         for name in ("name", "arguments"):
-            if function.get(name):
+            if isinstance(function, dict) and isinstance(function.get(name), str):
                 call["function"][name] += function[name]
         for name, value in delta.items():  # provider extras (Gemini's thought signatures)
             if name not in ("index", "id", "type", "function") and value is not None:

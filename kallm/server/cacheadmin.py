@@ -17,11 +17,10 @@ from typing import Any
 from aiohttp import web
 
 from kallm.accounts.pricing import Usage
-from kallm.cache.scope import cache_key
+from kallm.cache.scope import SERVER_TENANT, cache_key
 from kallm.errors import KallmError, RequestError
-from kallm.server.admin import require_admin
-from kallm.server.app import Runtime
-from kallm.server.request import parse_chat_request
+from kallm.server.request import json_object, parse_chat_request
+from kallm.server.runtime import Runtime, runtime_of
 
 MAX_ENTRIES = 1000  # per request: one bad client should not hold the event loop for long
 
@@ -89,7 +88,15 @@ def as_completion(response: Any, request: dict[str, Any]) -> dict[str, Any]:
     return completion
 
 
-async def _import_one(runtime: Runtime, entry: Any, namespace: str) -> dict[str, Any]:
+def import_tenant(runtime: Runtime, namespace: str) -> tuple[str, ...]:
+    """Who imported answers are for: keys of ``namespace`` with virtual keys on; with auth off,
+    callers relying on the server's own upstream key (see ``kallm.server.admission``)."""
+    if runtime.virtual_keys:
+        return ("key", namespace)
+    return SERVER_TENANT
+
+
+async def _import_one(runtime: Runtime, entry: Any, tenant: tuple[str, ...]) -> dict[str, Any]:
     """Store one entry unless its question is already answered; never raises KallmError."""
     try:
         if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
@@ -99,26 +106,24 @@ async def _import_one(runtime: Runtime, entry: Any, namespace: str) -> dict[str,
         completion = as_completion(entry.get("response"), request)
     except KallmError as exc:
         return {"status": "failed", "error": exc.message}
-    lookup = await runtime.cache.lookup(
-        cache_key(request, namespace), use_guard=runtime.settings.guard, count=False
+    cache = runtime.semantic_cache
+    lookup = await cache.lookup(
+        cache_key(request, tenant), use_guard=runtime.settings.guard, count=False
     )
     if lookup.hit is not None:
         return {"status": "cached", "similarity": round(lookup.hit.similarity, 4)}
     usage = Usage.from_openai(completion["usage"])
     cost = runtime.prices.cost(completion["model"], usage)
     body = json.dumps(completion, separators=(",", ":"), ensure_ascii=False).encode()
-    await runtime.cache.store(lookup, body, cost_usd=cost, tokens=usage.total_tokens)
+    await cache.store(lookup, body, cost_usd=cost, tokens=usage.total_tokens)
     return {"status": "imported"}
 
 
 async def import_entries(request: web.Request) -> web.Response:
     """Body ``{"entries": [{"request", "response"}], "namespace"?}``; one result per entry."""
-    runtime = require_admin(request)
-    try:
-        body = json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise RequestError("body must be a JSON object with 'entries'") from None
-    entries = body.get("entries") if isinstance(body, dict) else None
+    runtime = runtime_of(request)
+    body = json_object(await request.read() or b"null", "body")
+    entries = body.get("entries")
     if not isinstance(entries, list):
         raise RequestError("'entries' is required and must be an array", param="entries")
     if len(entries) > MAX_ENTRIES:
@@ -126,13 +131,10 @@ async def import_entries(request: web.Request) -> web.Response:
     namespace = body.get("namespace") or ""
     if not isinstance(namespace, str):
         raise RequestError("'namespace' must be a string", param="namespace")
-    results = [await _import_one(runtime, entry, namespace.strip()) for entry in entries]
+    tenant = import_tenant(runtime, namespace.strip())
+    results = [await _import_one(runtime, entry, tenant) for entry in entries]
     counts = {
         status: sum(r["status"] == status for r in results)
         for status in ("imported", "cached", "failed")
     }
     return web.json_response({**counts, "results": results})
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/admin/cache/entries", import_entries)

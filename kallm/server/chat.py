@@ -1,13 +1,19 @@
 """POST /v1/chat/completions: answer from the cache, or relay upstream and remember.
 
-A miss is relayed as it arrives (stream chunks are written the moment they
-come) while the answer is assembled; it is stored only if the upstream said
-200, every choice finished, and the client received it all.
+Admission has already parsed the request, resolved its routes and reserved its cost.
+A miss is relayed as it arrives (stream chunks are written the moment they come) while
+the answer is assembled; it is stored only if the upstream said 200, every choice
+finished, and the client received it all. Whatever happens, the request is priced by
+the model the route called (never an alias): a stream the client abandons is billed
+from the usage the upstream reported, or else from the tokens relayed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import math
 import secrets
 import time
 from typing import Any
@@ -22,40 +28,40 @@ from kallm.errors import KallmError, UpstreamError
 from kallm.providers.base import ChatCall, Provider, StreamRelay, forwardable
 from kallm.providers.router import Route
 from kallm.providers.sse import DONE, StreamAssembler, event_data, iter_events, replay_events
-from kallm.server.app import RUNTIME, Runtime
+from kallm.server.admission import Admission, admission
 from kallm.server.log import RequestLog, request_log
-from kallm.server.request import CacheControls, parse_chat_request
+from kallm.server.request import CacheControls
+from kallm.server.runtime import Runtime, runtime_of
 
 CACHE_HEADER = "X-Kallm-Cache"
 PROVIDER_HEADER = "X-Kallm-Provider"
 SIMILARITY_HEADER = "X-Kallm-Similarity"
 _DROP_RESPONSE = frozenset({"content-encoding"})
+CHARS_PER_TOKEN = 4  # billing a stream with no usage: what was relayed, as tokens
+DRAIN_SECONDS = 2.0  # after a client leaves: how long to keep reading for the usage chunk
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    body = await request.read()
-    payload = parse_chat_request(body)
+    runtime = runtime_of(request)
+    admitted = admission(request)
+    payload = admitted.payload
+    assert payload is not None
     record = request_log(request)
-    record.model = payload["model"]
     if runtime.settings.log_bodies:
-        record.request_body = body.decode(errors="replace")
-    admission = await runtime.accounts.admit(request, payload["model"], payload, record)
-    routes = runtime.router.resolve(payload["model"])  # an unknown model: 404 before any lookup
+        record.request_body = admitted.body.decode(errors="replace")
     controls = CacheControls.from_headers(request.headers)
-    namespace = controls.namespace
-    if admission is not None and admission.key.namespace:
-        namespace = f"{admission.key.namespace}|{namespace}"  # a tenant cannot step outside
-    key = cache_key(payload, namespace)
+    tenant = admitted.tenant + (("sub", controls.namespace) if controls.namespace else ())
+    key = cache_key(payload, tenant)
+    cache = runtime.semantic_cache
     if controls.lookup:
-        lookup = await runtime.cache.lookup(
+        lookup = await cache.lookup(
             key, threshold=controls.threshold, use_guard=controls.guard and runtime.settings.guard
         )
         record.lookup_seconds, record.embed_seconds = lookup.seconds, lookup.embed_seconds
     else:
         lookup = Lookup(key)
     if lookup.hit is not None:
-        return await _serve_hit(request, payload, lookup.hit)
+        return await _serve_hit(request, runtime, payload, lookup.hit)
     record.cache = "MISS"
     if lookup.refusal is not None:
         refusal = lookup.refusal
@@ -63,13 +69,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             f"guard refused {refusal.similarity:.4f} {refusal.reason}: {refusal.candidate[:80]!r}"
         )
     store = lookup if controls.store else None
-    return await _relay(request, runtime, routes, payload, body, store)
+    return await _relay(request, runtime, admitted, store)
 
 
 # ---------------------------------------------------------------- hits
 
 
-async def _serve_hit(request: web.Request, payload: dict[str, Any], hit: Hit) -> web.StreamResponse:
+async def _serve_hit(
+    request: web.Request, runtime: Runtime, payload: dict[str, Any], hit: Hit
+) -> web.StreamResponse:
     completion = json.loads(hit.entry.response)
     completion["id"] = "chatcmpl-kallm" + secrets.token_hex(12)
     completion["created"] = int(time.time())
@@ -77,13 +85,9 @@ async def _serve_hit(request: web.Request, payload: dict[str, Any], hit: Hit) ->
     record.cache, record.similarity = "HIT", hit.similarity
     record.usage = Usage.from_openai(completion.get("usage"))
     record.saved_usd = hit.entry.cost_usd
-    if request.app[RUNTIME].settings.log_bodies:
+    if runtime.settings.log_bodies:
         record.response_body = _compact(completion)
-    headers = {
-        CACHE_HEADER: "HIT",
-        SIMILARITY_HEADER: f"{hit.similarity:.4f}",
-        **_rate_headers(record),
-    }
+    headers = {CACHE_HEADER: "HIT", SIMILARITY_HEADER: f"{hit.similarity:.4f}"}
     if payload.get("stream") is not True:
         return web.json_response(completion, headers=headers, dumps=_compact)
     response = _event_stream(headers)
@@ -98,19 +102,17 @@ async def _serve_hit(request: web.Request, payload: dict[str, Any], hit: Hit) ->
 
 
 async def _relay(
-    request: web.Request,
-    runtime: Runtime,
-    routes: list[Route],
-    payload: dict[str, Any],
-    raw: bytes,
-    store: Lookup | None,
+    request: web.Request, runtime: Runtime, admitted: Admission, store: Lookup | None
 ) -> web.StreamResponse:
     """Send along the routes (with retries and fallbacks), then relay JSON or a stream."""
+    payload = admitted.payload
+    assert payload is not None
     stream = payload.get("stream") is True
     client_headers = request.headers
-    if runtime.accounts.enabled:  # a virtual key is ours: the provider gets its own key
+    if runtime.virtual_keys:  # a virtual key is ours: the provider gets its own key
         client_headers = forwardable(request.headers, frozenset({"authorization"}))
-    call = ChatCall(payload, raw, routes[0].model, stream, client_headers)
+    routes = admitted.routes
+    call = ChatCall(payload, admitted.body, routes[0].model, stream, client_headers)
     started = time.perf_counter()
     opened = await runtime.router.open_chat(routes, call)
     provider, upstream = opened.route.provider, opened.response
@@ -119,31 +121,69 @@ async def _relay(
     headers = forwardable(upstream.headers, _DROP_RESPONSE)
     headers[CACHE_HEADER] = "MISS"
     headers[PROVIDER_HEADER] = f"{provider.name}/{opened.route.model}"
-    headers.update(_rate_headers(record))
     async with upstream:
         if not stream or upstream.status != 200:
-            with provider.errors():
-                data = await upstream.read()
-            record.upstream_seconds = time.perf_counter() - started
-            data = provider.adapter.answer(upstream.status, data, payload["model"])
-            if upstream.status == 200 and (completion := _json_or_none(data)) is not None:
-                await _remember(request, runtime, store, completion, data)
-            status = provider.adapter.error_status(upstream.status)
-            if provider.kind != "openai":
-                headers["Content-Type"] = "application/json"
-            return web.Response(body=data, status=status, headers=headers)
+            return await _relay_whole(
+                request, runtime, opened.route, upstream, headers, store, started
+            )
         response = _event_stream(headers)
         await response.prepare(request)
         relay = provider.adapter.stream(payload["model"])
-        assembler = await _pump(request, response, upstream, relay, provider, payload, started)
-    if assembler is not None and assembler.done and assembler.complete:
-        completion = assembler.completion()
-        await _remember(request, runtime, store, completion, _compact(completion).encode())
-    if assembler is not None and assembler.done:
+        assembler = StreamAssembler()
+        try:
+            await _pump(request, response, upstream, relay, provider, assembler, started)
+        finally:  # a client that left is billed too
+            _price(runtime, record, opened.route, assembler, admitted)
+    if assembler.done and assembler.complete:
+        await _remember(runtime, record, store, assembler.completion())
+    if assembler.done:
         # [DONE] goes out only now: a client that has seen the end finds the answer cached
         await response.write(DONE)
     await response.write_eof()
     return response
+
+
+async def _relay_whole(
+    request: web.Request,
+    runtime: Runtime,
+    route: Route,
+    upstream: aiohttp.ClientResponse,
+    headers: Any,
+    store: Lookup | None,
+    started: float,
+) -> web.Response:
+    """A JSON answer or an error: read, checked, priced, stored if whole, relayed."""
+    provider = route.provider
+    record = request_log(request)
+    payload = admission(request).payload
+    assert payload is not None
+    with provider.errors():
+        data = await upstream.read()
+    record.upstream_seconds = time.perf_counter() - started
+    data = provider.adapter.answer(upstream.status, data, payload["model"])
+    if upstream.status == 200:
+        completion = _completion_or_502(data, provider)
+        record.usage = Usage.from_openai(completion.get("usage"))
+        record.cost_usd = runtime.prices.cost(route.model, record.usage)
+        await _remember(runtime, record, store, completion, data)
+    status = provider.adapter.error_status(upstream.status)
+    if provider.kind != "openai":
+        headers["Content-Type"] = "application/json"
+    return web.Response(body=data, status=status, headers=headers)
+
+
+def _completion_or_502(data: bytes, provider: Provider) -> dict[str, Any]:
+    """A 200 that is not a chat completion is the upstream's failure, not an answer."""
+    try:
+        completion = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        completion = None
+    if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
+        raise UpstreamError(
+            f"provider {provider.name} answered 200 without a chat completion "
+            f"({len(data)} bytes); nothing was cached or charged beyond its usage"
+        )
+    return completion
 
 
 async def _pump(
@@ -152,30 +192,60 @@ async def _pump(
     upstream: aiohttp.ClientResponse,
     relay: StreamRelay,
     provider: Provider,
-    payload: dict[str, Any],
+    assembler: StreamAssembler,
     started: float,
-) -> StreamAssembler | None:
-    """Relay events as they come; None when the stream broke and must not be stored."""
-    assembler = StreamAssembler()
+) -> None:
+    """Relay events as they come; the assembler says whether the stream ended whole.
+
+    A broken stream (the upstream's fault) ends with an error event the SDKs understand. A
+    client that leaves stops the relay; the upstream is read a little longer, unrelayed, in
+    case the usage chunk is about to arrive, so the request is billed what it cost."""
     record = request_log(request)
-    client_wants_usage = _wants_usage(payload)
+    client_wants_usage = _wants_usage(admission(request).payload or {})
+    forward: Any = response
     try:
         with provider.errors():
             async for raw, event, data in iter_events(upstream.content):
                 for out in relay.feed(raw, event, data):
-                    await _forward(response, out, assembler, client_wants_usage, record, started)
+                    await _forward(forward, out, assembler, client_wants_usage, record, started)
             for out in relay.close():
-                await _forward(response, out, assembler, client_wants_usage, record, started)
+                await _forward(forward, out, assembler, client_wants_usage, record, started)
+    except ConnectionResetError:
+        record.note = "client left mid-stream"
+        assembler.done = False
+        await _drain_for_usage(upstream, relay, assembler, provider)
+        raise
     except (KallmError, ValueError) as exc:
         message = exc.message if isinstance(exc, KallmError) else f"bad stream event: {exc}"
         record.note = f"stream broke: {message}"
         error = exc if isinstance(exc, KallmError) else UpstreamError(message)
+        assembler.done = False
         await response.write(b"data: " + _compact(error.to_body()).encode() + b"\n\n")
-        return None
+        return
+    finally:
+        record.upstream_seconds = time.perf_counter() - started
     if not assembler.done:
         record.note = "stream ended without [DONE]"
-    record.upstream_seconds = time.perf_counter() - started
-    return assembler
+
+
+async def _drain_for_usage(
+    upstream: aiohttp.ClientResponse,
+    relay: StreamRelay,
+    assembler: StreamAssembler,
+    provider: Provider,
+) -> None:
+    async def read() -> None:
+        with provider.errors():
+            async for raw, event, data in iter_events(upstream.content):
+                for out in relay.feed(raw, event, data):
+                    payload = event_data(out)
+                    if payload and payload != b"[DONE]":
+                        assembler.feed(json.loads(payload))
+                if assembler.usage is not None:
+                    return
+
+    with contextlib.suppress(TimeoutError, KallmError, ValueError):
+        await asyncio.wait_for(read(), DRAIN_SECONDS)
 
 
 async def _forward(
@@ -201,24 +271,49 @@ async def _forward(
     await response.write(raw)
 
 
-async def _remember(
-    request: web.Request,
+def _price(
     runtime: Runtime,
+    record: RequestLog,
+    route: Route,
+    assembler: StreamAssembler,
+    admitted: Admission,
+) -> None:
+    """What a stream cost: its reported usage, or what was relayed, counted (never $0 for
+    content a client received)."""
+    usage = Usage.from_openai(assembler.usage)
+    if assembler.usage is None and assembler.relayed_chars:
+        usage = Usage(
+            prompt_tokens=len(admitted.body) // CHARS_PER_TOKEN,
+            completion_tokens=math.ceil(assembler.relayed_chars / CHARS_PER_TOKEN),
+        )
+        record.note = (record.note or "") + " (billed from the tokens relayed: no usage came)"
+    record.usage = usage
+    record.cost_usd = runtime.prices.cost(route.model, usage)
+
+
+async def _remember(
+    runtime: Runtime,
+    record: RequestLog,
     store: Lookup | None,
     completion: dict[str, Any],
-    body: bytes,
+    body: bytes | None = None,
 ) -> None:
-    """Price the answer, note its usage, and store it if it is complete and wanted."""
-    record = request_log(request)
-    usage = Usage.from_openai(completion.get("usage"))
-    record.usage = usage
-    record.cost_usd = runtime.prices.cost(str(completion.get("model") or record.model), usage)
+    """Store the answer if it is complete and wanted."""
+    if body is None:
+        body = _compact(completion).encode()
     if runtime.settings.log_bodies:
         record.response_body = body.decode(errors="replace")
     choices = completion.get("choices")
-    if store is None or not choices or not all(c.get("finish_reason") for c in choices):
+    if (
+        store is None
+        or not choices
+        or not all(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+    ):
         return
-    await runtime.cache.store(store, body, cost_usd=record.cost_usd, tokens=usage.total_tokens)
+    usage = record.usage or Usage()
+    await runtime.semantic_cache.store(
+        store, body, cost_usd=record.cost_usd, tokens=usage.total_tokens
+    )
 
 
 # ---------------------------------------------------------------- helpers
@@ -231,20 +326,9 @@ def _event_stream(headers: Any) -> web.StreamResponse:
     return response
 
 
-def _rate_headers(record: RequestLog) -> dict[str, str]:
-    return record.admission.rate_headers if record.admission is not None else {}
-
-
 def _wants_usage(payload: dict[str, Any]) -> bool:
     options = payload.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
-
-
-def _json_or_none(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def _compact(value: Any) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,10 +17,9 @@ from typing import Any
 from aiohttp import web
 
 from kallm.accounts.pricing import Usage
+from kallm.db.requestlog import RequestRow
 
 access_log = logging.getLogger("kallm.access")
-_OPS_PATHS = frozenset({"/health", "/stats", "/metrics"})
-_PLAIN_SEGMENT = re.compile(r"[a-z_]+")
 
 
 @dataclass(slots=True)
@@ -44,22 +42,18 @@ class RequestLog:
     cost_usd: float = 0.0
     saved_usd: float = 0.0  # what the cached answer cost originally (hits only)
     key_id: str | None = None
-    admission: Any = None  # kallm.server.accounts.Admission when virtual keys are on
+    admission: Any = None  # kallm.server.admission.Admission, for /v1 routes
     request_body: str | None = None  # kept only when log.bodies is on
     response_body: str | None = None
     note: str | None = None
+    route: str = "other"  # the route's label once the path is classified (kallm.server.routes)
 
     @property
     def path_group(self) -> str:
-        """The path without ids (/v1/files/file-abc -> /v1/files), so metric labels stay few."""
-        if not self.path.startswith("/v1/"):
-            return self.path if self.path in _OPS_PATHS else "other"
-        kept = []
-        for segment in self.path[4:].split("/"):
-            if not segment or not _PLAIN_SEGMENT.fullmatch(segment):
-                break
-            kept.append(segment)
-        return "/v1/" + "/".join(kept)
+        """The route's path (``/v1/chat/completions``, ``/v1/files``, ``/health``; ``other``
+        for anything else): a bounded set of metric label values, whatever paths clients
+        invent."""
+        return self.route
 
     def fields(self) -> dict[str, object]:
         latency_ms = round((time.perf_counter() - self.started) * 1000, 2)
@@ -94,16 +88,16 @@ class RequestLog:
         return out
 
 
-_KEY = web.RequestKey("kallm.log", RequestLog)
+REQUEST_LOG_KEY = web.RequestKey("kallm.log", RequestLog)
 
 
 def request_log(request: web.Request) -> RequestLog:
-    return request[_KEY]
+    return request[REQUEST_LOG_KEY]
 
 
 def start_request_log(request: web.Request, request_id: str) -> RequestLog:
     record = RequestLog(request.method, request.path, request_id)
-    request[_KEY] = record
+    request[REQUEST_LOG_KEY] = record
     return record
 
 
@@ -184,3 +178,32 @@ class PlainFormatter(TextFormatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
         return f"{stamp} {record.levelname:<7} {super().format(record)}"
+
+
+def request_row(record: RequestLog, now: float, bodies: bool) -> RequestRow:
+    """The request-log row of a finished request."""
+    usage = record.usage
+    return RequestRow(
+        time=now,
+        request_id=record.request_id,
+        key_id=record.key_id,
+        method=record.method,
+        path=record.path,
+        model=record.model,
+        provider=record.provider,
+        upstream_model=record.upstream_model,
+        status=record.status,
+        latency_ms=round((time.perf_counter() - record.started) * 1000, 3),
+        ttft_ms=None
+        if record.first_token_seconds is None
+        else round(record.first_token_seconds * 1000, 3),
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        cached_tokens=usage.cached_tokens if usage else None,
+        cost_usd=record.cost_usd,
+        saved_usd=record.saved_usd,
+        cache=record.cache,
+        similarity=record.similarity,
+        request_body=record.request_body if bodies else None,
+        response_body=record.response_body if bodies else None,
+    )

@@ -1,42 +1,85 @@
-"""Middleware every request passes: request id, OpenAI-shaped errors, the access log line."""
+"""The request context every request passes: id, route, errors in the caller's dialect,
+the access log line, metrics, and the settlement of what admission held.
+
+Errors kallm produces are OpenAI's error JSON, or Anthropic's on Anthropic routes, so each
+SDK shows them the way it shows its own provider's. Whatever ends a request (an answer,
+an error, a client that left), its reservation is settled and its log row written.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
+import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from kallm.errors import KallmError, PayloadTooLarge, UpstreamLoop
-from kallm.server.app import RUNTIME, Runtime
-from kallm.server.log import RequestLog, emit, start_request_log
+from kallm.server.admission import set_path, settle
+from kallm.server.log import (
+    REQUEST_LOG_KEY,
+    RequestLog,
+    emit,
+    request_row,
+    start_request_log,
+)
 from kallm.server.loop import came_from
+from kallm.server.routes import OPS_PATHS, Dialect, classify
+from kallm.server.runtime import Runtime, runtime_of
 
 log = logging.getLogger("kallm.server")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
 
 
-def error_response(error: KallmError) -> web.Response:
-    return web.json_response(error.to_body(), status=error.status, headers=error.headers)
+def error_response(error: KallmError, dialect: Dialect = Dialect.OPENAI) -> web.Response:
+    if dialect is Dialect.ANTHROPIC:
+        kind = _ANTHROPIC_TYPES.get(error.status, "api_error")
+        body = {"type": "error", "error": {"type": kind, "message": error.message}}
+    else:
+        body = error.to_body()
+    return web.json_response(body, status=error.status, headers=error.headers)
+
+
+def request_id_of(headers: object) -> str:
+    """The client's X-Request-Id when it is a sane token (it lands in logs and the database),
+    else a new one."""
+    supplied = getattr(headers, "get", lambda _name: None)("X-Request-Id")
+    if isinstance(supplied, str) and _REQUEST_ID.fullmatch(supplied):
+        return supplied
+    return secrets.token_hex(8)
 
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id and a log line; turn every failure into OpenAI's error JSON."""
-    request_id = request.headers.get("X-Request-Id") or secrets.token_hex(8)
-    record = start_request_log(request, request_id)
-    runtime = request.app[RUNTIME]
+    record = start_request_log(request, request_id_of(request.headers))
+    runtime = runtime_of(request)
     try:
         response = await _answer(request, handler, record, runtime)
     finally:
-        await runtime.accounts.finish(record)
+        await _finish(runtime, record)
     return response
 
 
 async def _answer(
     request: web.Request, handler: Handler, record: RequestLog, runtime: Runtime
 ) -> web.StreamResponse:
+    dialect = Dialect.OPENAI
     try:
+        path = classify(request.raw_path)
+        set_path(request, path)
+        record.route, dialect = path.route.label, path.route.dialect
         if came_from(request.headers, runtime.instance_id):
             raise UpstreamLoop(
                 "kallm received its own upstream call: its upstream URL (OPENAI_BASE_URL or a "
@@ -44,35 +87,63 @@ async def _answer(
             )
         response = await handler(request)
     except KallmError as exc:
-        response = error_response(exc)
+        response = error_response(exc, dialect)
     except web.HTTPRequestEntityTooLarge:
         limit = runtime.settings.max_body_bytes
-        response = error_response(
-            PayloadTooLarge(f"request body is over the {limit:,}-byte limit (server.max_body_size)")
-        )
+        message = f"request body is over the {limit:,}-byte limit (server.max_body_size)"
+        response = error_response(PayloadTooLarge(message), dialect)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = error_response(_http_error(exc))
+        response = error_response(_http_error(exc), dialect)
     except ConnectionResetError:
-        record.status, record.note = 499, "client disconnected"
-        emit(record)
-        runtime.metrics.observe(record)
+        record.status, record.note = 499, record.note or "client disconnected"
         raise
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         response = error_response(KallmError("internal error in kallm; see the server log"))
-    response.headers.setdefault("X-Request-Id", record.request_id)
-    if record.admission is not None and not response.prepared:
-        response.headers.update(record.admission.rate_headers)
     record.status = response.status
-    emit(record)
-    runtime.metrics.observe(record)
     return response
 
 
+async def stamp_response(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every response, streamed, relayed or an error, carries the
+    request id and the key's rate-limit headers, set in this one place."""
+    record = request.get(REQUEST_LOG_KEY)
+    if record is None:
+        return
+    response.headers["X-Request-Id"] = record.request_id
+    if record.admission is not None:
+        response.headers.update(record.admission.rate_headers)
+
+
+async def _finish(runtime: Runtime, record: RequestLog) -> None:
+    """Settle, log and count one request; never raises (the response is already decided)."""
+    try:
+        if record.admission is not None:
+            tokens = record.usage.total_tokens if record.usage and record.cache != "HIT" else 0
+            await settle(
+                runtime,
+                record.admission,
+                record.cost_usd,
+                tokens,
+                record.saved_usd,
+                record.status,
+            )
+    except Exception:
+        log.exception("settling request %s failed", record.request_id)
+    if record.status == 0:
+        record.status = 499
+    emit(record)
+    if runtime.metrics is not None:
+        runtime.metrics.observe(record)
+    writer = runtime.request_log
+    if writer is not None and runtime.settings.log_requests and record.path not in OPS_PATHS:
+        writer.log(request_row(record, time.time(), runtime.settings.log_bodies))
+
+
 def _http_error(exc: web.HTTPException) -> KallmError:
-    """aiohttp's own 404/405/... in OpenAI's shape."""
+    """aiohttp's own 404/405/... as a KallmError."""
     error = KallmError(f"{exc.reason}")
     error.status = exc.status
     error.type = "invalid_request_error" if exc.status < 500 else "server_error"

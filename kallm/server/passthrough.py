@@ -1,60 +1,83 @@
-"""Every other /v1/* route: relayed to an upstream unchanged and streamed back as it comes.
+"""Every /v1 route but chat: relayed to an upstream as it comes, and priced where it can be.
 
-Most go to the default (first OpenAI-compatible) provider. ``/v1/embeddings``
-is routed by its model like chat; ``GET /v1/models`` lists the configured
-models and aliases once providers are configured.
+Routes that name a model (completions, embeddings, responses) go to the provider their
+model resolved to, with the model name that provider knows, and are priced from the
+``usage`` the answer ends with (read from the relayed bytes' tail, so nothing is
+buffered); an answer without usage is billed from its size. Everything else goes to the
+default (first OpenAI-compatible) provider. The path sent upstream is always the
+normalised one (``kallm.server.routes``), never the client's bytes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+from typing import Any
 
 from aiohttp import web
 
+from kallm.accounts.pricing import Usage
 from kallm.errors import KallmError, RequestError
 from kallm.providers.base import Provider, forwardable
 from kallm.providers.openai import authorization
-from kallm.server.app import RUNTIME
+from kallm.server.admission import Admission, admission
 from kallm.server.log import request_log
+from kallm.server.runtime import Runtime, runtime_of
+
+TAIL_BYTES = 16 * 1024  # where an answer's usage object is found: at its end
+CHARS_PER_TOKEN = 4
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
+    """A model-naming route to its provider (priced); anything else to the default one."""
+    runtime = runtime_of(request)
+    admitted = admission(request)
+    if admitted.payload is not None:
+        return await _policed(request, runtime, admitted)
     body = await request.read() if request.can_read_body else None
-    runtime = request.app[RUNTIME]
-    await runtime.accounts.admit(request, None, None, request_log(request))
-    provider = runtime.router.default
-    return await relay(request, provider, "/" + request.match_info["tail"], body)
+    return await relay(request, runtime.router.default, admitted.path.upstream_path, body)
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
-    """Route by model; rewrite the model name when an alias or provider/model named it."""
-    runtime = request.app[RUNTIME]
-    router = runtime.router
-    body = await request.read()
-    try:
-        payload = json.loads(body)
-        model = payload["model"]
-    except (ValueError, KeyError, TypeError):
-        payload, model = None, None
-    await runtime.accounts.admit(request, model, None, request_log(request))
-    if model is None:
-        return await relay(request, router.default, "/embeddings", body)  # upstream judges it
-    route = router.resolve(str(model))[0]
+    return await _policed(request, runtime_of(request), admission(request))
+
+
+async def _policed(
+    request: web.Request, runtime: Runtime, admitted: Admission
+) -> web.StreamResponse:
+    route = admitted.routes[0]
     if route.provider.kind != "openai":
         raise RequestError(
-            f"provider {route.provider.name} ({route.provider.kind}) has no "
-            "OpenAI embeddings endpoint",
+            f"provider {route.provider.name} ({route.provider.kind}) has no OpenAI "
+            f"/{'/'.join(admitted.path.segments)} endpoint",
             param="model",
         )
-    if route.model != model:
-        body = json.dumps({**payload, "model": route.model}).encode()
-    return await relay(request, route.provider, "/embeddings", body)
+    body = admitted.body
+    if route.model != admitted.model:  # an alias or provider/model: the name upstream knows
+        body = json.dumps({**(admitted.payload or {}), "model": route.model}).encode()
+    record = request_log(request)
+    record.upstream_model = route.model
+    tap = UsageTap()
+    try:
+        return await relay(request, route.provider, admitted.path.upstream_path, body, tap)
+    finally:
+        usage = tap.usage()
+        if usage is None and tap.status == 200 and tap.relayed:
+            usage = _counted(admitted, tap.relayed)
+            record.note = "billed from the bytes relayed: the answer had no usage"
+        if usage is not None:
+            record.usage = usage
+            record.cost_usd = runtime.prices.cost(route.model, usage)
+
+
+def _counted(admitted: Admission, relayed: int) -> Usage:
+    output = 0 if admitted.path.route.name == "embeddings" else relayed
+    return Usage(len(admitted.body) // CHARS_PER_TOKEN, math.ceil(output / CHARS_PER_TOKEN))
 
 
 async def models(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    await runtime.accounts.admit(request, None, None, request_log(request))
+    runtime = runtime_of(request)
     if not runtime.settings.providers:
         return await relay(request, runtime.router.default, "/models", None)
     now = int(time.time())
@@ -69,29 +92,66 @@ async def models(request: web.Request) -> web.StreamResponse:
     )
 
 
+class UsageTap:
+    """Watches relayed bytes for the ``usage`` object an answer (or its last event) ends with."""
+
+    def __init__(self) -> None:
+        self.tail = b""
+        self.relayed = 0
+        self.status = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.relayed += len(chunk)
+        self.tail = (self.tail + chunk)[-TAIL_BYTES:]
+
+    def usage(self) -> Usage | None:
+        at = self.tail.rfind(b'"usage"')
+        while at != -1:
+            start = self.tail.find(b"{", at)
+            try:
+                found, _ = json.JSONDecoder().raw_decode(self.tail[start:].decode(errors="replace"))
+            except (ValueError, RecursionError):
+                found = None
+            if isinstance(found, dict) and start != -1:
+                return Usage.from_openai(found)
+            at = self.tail.rfind(b'"usage"', 0, at)
+        return None
+
+
 async def relay(
-    request: web.Request, upstream: Provider, path: str, body: bytes | None
+    request: web.Request,
+    upstream: Provider,
+    path: str,
+    body: bytes | None,
+    tap: UsageTap | None = None,
 ) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
+    runtime = runtime_of(request)
     headers = forwardable(request.headers, frozenset({"authorization"}))
-    client = {} if runtime.accounts.enabled else request.headers  # never forward a virtual key
+    client: Any = {} if runtime.virtual_keys else request.headers  # never forward a virtual key
     headers["Authorization"] = authorization(upstream, client)
+    if tap is not None:
+        headers["Accept-Encoding"] = "identity"  # the tap reads the usage from plain bytes
     request_log(request).provider = upstream.name
     upstream_response = await upstream.send(
         request.method, upstream.url(path, request.query_string), headers, body
     )
     async with upstream_response:
+        if tap is not None:
+            tap.status = upstream_response.status
         response = web.StreamResponse(
             status=upstream_response.status,
             reason=upstream_response.reason,
             headers=forwardable(upstream_response.headers),
         )
-        if "Content-Length" in upstream_response.headers:
-            response.content_length = int(upstream_response.headers["Content-Length"])
+        length = upstream_response.content_length  # None when absent or not a number
+        if length is not None and length >= 0:
+            response.content_length = length
         await response.prepare(request)
         try:
             with upstream.errors():
                 async for chunk in upstream_response.content.iter_any():
+                    if tap is not None:
+                        tap.feed(chunk)
                     await response.write(chunk)
         except KallmError as exc:  # headers are gone: all we can do is cut the connection
             request_log(request).note = f"relay broke: {exc.message}"

@@ -1,54 +1,178 @@
-"""What a chat request means to kallm: validation, auth, and the per-request cache controls.
+"""What a request means to kallm: its JSON body, checked; its credentials; its cache controls.
 
-Validation is strict only where kallm depends on the shape (model, messages,
-roles, stream); everything else is the upstream's to judge, so new OpenAI
-parameters pass through untouched.
+Validation is strict only where kallm reads the request (model, messages, roles,
+numbers it computes with, stream options); everything else is the upstream's to
+judge, so new OpenAI parameters pass through untouched. Whatever the bytes, the
+answer is a 400 naming the problem, never a 500: bodies are strict UTF-8, numbers
+finite, nesting bounded, strings free of lone surrogates, headers printable.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from multidict import CIMultiDictProxy
 
 from kallm.errors import RequestError
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+MAX_DEPTH = 64  # JSON nesting: real requests stay under 20; Python's own limit is ~1000
+MAX_MODEL_NAME = 256
+MAX_HEADER_VALUE = 256  # for the X-Kallm-* values kallm reads
+_LIMITS = {"max_tokens": 10_000_000, "max_completion_tokens": 10_000_000, "n": 128}
+_MODEL_SEGMENT = re.compile(r"[A-Za-z0-9@][A-Za-z0-9._:@+=-]*")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
-def bearer_token(headers: CIMultiDictProxy[str]) -> str:
+# ---------------------------------------------------------------- JSON bodies
+
+
+def parse_json(body: bytes, what: str = "request body") -> Any:
+    """A JSON document from untrusted bytes, or a 400 saying what is wrong with it."""
+    try:
+        text = body.decode("utf-8")
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except UnicodeDecodeError:
+        raise RequestError(f"{what} is not UTF-8 text") from None
+    except RecursionError:
+        raise RequestError(f"{what} is nested too deeply (at most {MAX_DEPTH} levels)") from None
+    except ValueError as exc:
+        raise RequestError(f"{what} is not valid JSON: {exc}") from None
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH or _SURROGATE_ESCAPE.search(body):
+        _check_structure(value, what)
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is out of range")
+    return value
+
+
+def _check_structure(value: Any, what: str) -> None:
+    """Depth within ``MAX_DEPTH`` and no lone surrogate in any string (iteratively: a
+    recursive walk is what a deep document is built to break)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            if _LONE_SURROGATE.search(node):
+                raise RequestError(f"{what} has a string with an unpaired surrogate (\\ud800)")
+            continue
+        if not isinstance(node, dict | list):
+            continue
+        if depth > MAX_DEPTH:
+            raise RequestError(f"{what} is nested too deeply (at most {MAX_DEPTH} levels)")
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children)
+
+
+def json_object(body: bytes, what: str = "request body") -> dict[str, Any]:
+    payload = parse_json(body, what)
+    if not isinstance(payload, dict):
+        raise RequestError(f"{what} must be a JSON object")
+    return payload
+
+
+# ---------------------------------------------------------------- fields kallm reads
+
+
+def check_model(value: Any, param: str = "model") -> str:
+    """A model name that can only ever name a model: no path characters, no dot segments.
+
+    ``provider/model`` and names with slashes (``meta-llama/Llama-3.1-8B``) pass; every
+    ``/``-separated part must start with a letter, digit or ``@`` and hold only letters,
+    digits and ``. _ : @ + = -``. ``gemini-2.5-flash/../gemini-2.5-pro`` does not.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise RequestError(f"'{param}' is required and must be a non-empty string", param=param)
+    if len(value) > MAX_MODEL_NAME or not all(
+        _MODEL_SEGMENT.fullmatch(part) for part in value.split("/")
+    ):
+        raise RequestError(
+            f"'{param}' is not a model name: use letters, digits and . _ : @ + = - "
+            "(and / between a provider and its model)",
+            param=param,
+        )
+    return value
+
+
+def check_limits(payload: Mapping[str, Any]) -> None:
+    """The numbers kallm computes with (reservations, replays) are whole and in range."""
+    for name, high in _LIMITS.items():
+        value = payload.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise RequestError(f"'{name}' must be a whole number from 1 to {high:,}", param=name)
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise RequestError("'stream_options' must be an object", param="stream_options")
+    if "stream" in payload and not isinstance(payload["stream"], bool | None):
+        raise RequestError("'stream' must be true or false", param="stream")
+
+
+def parse_chat_request(body: bytes) -> dict[str, Any]:
+    """The chat request as a dict, or a 400 naming the first field that is wrong."""
+    payload = json_object(body)
+    check_model(payload.get("model"))
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' is required and must be a non-empty array", param="messages")
+    for i, message in enumerate(messages):
+        _check_message(message, i)
+    check_limits(payload)
+    return payload
+
+
+def _check_message(message: Any, i: int) -> None:
+    where = f"messages[{i}]"
+    if not isinstance(message, dict):
+        raise RequestError(f"{where} must be an object", param=where)
+    role = message.get("role")
+    if not isinstance(role, str) or role not in ROLES:
+        raise RequestError(
+            f"{where}.role must be one of {', '.join(sorted(ROLES))}", param=f"{where}.role"
+        )
+    content = message.get("content")
+    if content is not None and not isinstance(content, str | list):
+        raise RequestError(
+            f"{where}.content must be a string or an array of parts", param=f"{where}.content"
+        )
+    if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
+        raise RequestError(f"{where}.content parts must be objects", param=f"{where}.content")
+
+
+# ---------------------------------------------------------------- headers
+
+
+def bearer_token(headers: Mapping[str, str]) -> str:
     """The token of ``Authorization: Bearer <token>``, or "" when there is none."""
     supplied = headers.get("Authorization", "")
     return supplied[7:].strip() if supplied[:7].lower() == "bearer " else ""
 
 
-def parse_chat_request(body: bytes) -> dict[str, Any]:
-    """The request as a dict, or a 400 naming the first field that is wrong."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise RequestError("request body must be a JSON object with 'model' and 'messages'")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise RequestError("'model' is required and must be a non-empty string", param="model")
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' is required and must be a non-empty array", param="messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise RequestError(f"messages[{i}] must be an object", param=f"messages[{i}]")
-        if message.get("role") not in ROLES:
-            raise RequestError(
-                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}",
-                param=f"messages[{i}].role",
-            )
-    if "stream" in payload and not isinstance(payload["stream"], bool | None):
-        raise RequestError("'stream' must be true or false", param="stream")
-    return payload
+def header_text(headers: Mapping[str, str], name: str) -> str | None:
+    """A header kallm reads, as printable text, or a 400 naming it."""
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    value = raw.strip()
+    if len(value) > MAX_HEADER_VALUE or not value.isprintable() or _LONE_SURROGATE.search(value):
+        raise RequestError(
+            f"{name} must be printable UTF-8 text of at most {MAX_HEADER_VALUE} characters",
+            param=name,
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +186,7 @@ class CacheControls:
     guard: bool = True  # X-Kallm-Guard: off
 
     @classmethod
-    def from_headers(cls, headers: CIMultiDictProxy[str]) -> CacheControls:
+    def from_headers(cls, headers: Any) -> CacheControls:
         directives = {
             part.strip().lower()
             for value in headers.getall("Cache-Control", [])
@@ -71,9 +195,9 @@ class CacheControls:
         return cls(
             lookup="no-cache" not in directives,
             store="no-store" not in directives,
-            threshold=_threshold(headers.get("X-Kallm-Threshold")),
-            namespace=headers.get("X-Kallm-Namespace", "").strip(),
-            guard=_switch(headers.get("X-Kallm-Guard"), "X-Kallm-Guard"),
+            threshold=_threshold(header_text(headers, "X-Kallm-Threshold")),
+            namespace=header_text(headers, "X-Kallm-Namespace") or "",
+            guard=_switch(header_text(headers, "X-Kallm-Guard"), "X-Kallm-Guard"),
         )
 
 

@@ -1,0 +1,67 @@
+"""The most a request can cost, before it is sent: what a budget and a tpm limit reserve.
+
+Low estimates are how budgets overshoot (100 concurrent requests admitted against a
+$0.01 budget because each was guessed cheap). So the estimate errs high: the prompt
+is the body's length in characters / 3 (English runs ~4 characters a token; JSON
+structure and non-English text run fewer), every image counts as a large image, and
+the output is the request's own ``max_tokens`` or else the model's output limit from
+the price table. Each route of an alias is priced and the dearest is reserved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kallm.accounts.pricing import PriceTable, Usage
+
+CHARS_PER_TOKEN = 3
+IMAGE_TOKENS = 1_600  # a large image on any provider (OpenAI high detail, Anthropic 1.15 MP)
+FALLBACK_OUTPUT_TOKENS = 16_384  # a model the table has no output limit for
+_OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+_IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    tokens: int  # prompt + output: what a tpm limit is charged at admission
+    usd: float  # what a budget reserves (the dearest route)
+
+
+def estimate(
+    prices: PriceTable, models: Iterable[str], payload: Mapping[str, Any], body_size: int
+) -> Estimate:
+    """The worst case of sending ``payload`` (``body_size`` bytes) to any of ``models``."""
+    prompt = body_size // CHARS_PER_TOKEN + IMAGE_TOKENS * count_images(payload)
+    choices = payload.get("n") if isinstance(payload.get("n"), int) else 1
+    tokens, usd = 0, 0.0
+    for model in models:
+        output = requested_output(payload) or prices.max_output(model) or FALLBACK_OUTPUT_TOKENS
+        output *= max(choices, 1)
+        tokens = max(tokens, prompt + output)
+        usd = max(usd, prices.cost(model, Usage(prompt, output)))
+    return Estimate(tokens, usd)
+
+
+def requested_output(payload: Mapping[str, Any]) -> int | None:
+    for name in _OUTPUT_FIELDS:
+        value = payload.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def count_images(payload: Any) -> int:
+    """Image parts anywhere in the request (chat, Responses and Messages shapes)."""
+    count = 0
+    stack = [payload]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("type") in _IMAGE_TYPES:
+                count += 1
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, dict | list))
+    return count
