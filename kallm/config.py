@@ -57,6 +57,8 @@ class Settings:
     upstream_api_key: str | None = None
     upstream_connect_timeout: float = 10.0
     upstream_timeout: float = 600.0
+    upstream_deadline: float = 1800.0  # one request's whole time upstream, stream included
+    max_answer_bytes: int = 64 * 1000**2  # larger answers are relayed, never buffered or cached
     similarity_threshold: float | None = None  # None: the embedder's own measured default
     cache_ttl: float = 24 * 3600.0
     max_cache_size: int = 10_000
@@ -65,6 +67,8 @@ class Settings:
     snapshot_interval: float = 300.0
     guard: bool = True
     max_body_bytes: int = 10 * 1000**2
+    idle_timeout: float = 30.0  # a connection that starts no request for this long is closed
+    body_timeout: float = 60.0  # a request body must arrive within this
     log_json: bool = False
     log_level: str = "info"
     auth: str = "off"  # "virtual-keys": every request needs a key made by `kallm keys create`
@@ -230,6 +234,8 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("host", "server.host", ("KALLM_HOST",), parse_host),
     SettingSpec("port", "server.port", ("KALLM_PORT",), _int_in(0, 65535)),
     SettingSpec("max_body_bytes", "server.max_body_size", ("KALLM_MAX_BODY_SIZE",), parse_size),
+    SettingSpec("idle_timeout", "server.idle_timeout", ("KALLM_IDLE_TIMEOUT",), parse_duration),
+    SettingSpec("body_timeout", "server.body_timeout", ("KALLM_BODY_TIMEOUT",), parse_duration),
     SettingSpec(
         "upstream_base_url",
         "upstream.base_url",
@@ -247,6 +253,12 @@ SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec(
         "upstream_timeout", "upstream.timeout", ("KALLM_UPSTREAM_TIMEOUT",), parse_duration
+    ),
+    SettingSpec(
+        "upstream_deadline", "upstream.deadline", ("KALLM_UPSTREAM_DEADLINE",), parse_duration
+    ),
+    SettingSpec(
+        "max_answer_bytes", "upstream.max_answer_size", ("KALLM_MAX_ANSWER_SIZE",), parse_size
     ),
     SettingSpec(
         "similarity_threshold",

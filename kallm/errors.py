@@ -5,6 +5,7 @@
     │   └── SchemaTooNew            the database was written by a newer kallm
     ├── RequestError                (400, invalid_request_error) unusable client input
     │   ├── PayloadTooLarge         (413)
+    │   ├── UnsupportedEncoding     (415) a request Content-Encoding kallm does not decode
     │   ├── ModelNotFound           (404) no provider serves the model
     │   ├── RouteNotFound           (404) no such API route (or a path not in normal form)
     │   ├── KeyNotFound             (404) no such virtual key (admin and CLI)
@@ -86,6 +87,11 @@ class RequestError(KallmError):
 class PayloadTooLarge(RequestError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedEncoding(RequestError):
+    status = 415
+    code = "unsupported_content_encoding"
 
 
 class ModelNotFound(RequestError):

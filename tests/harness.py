@@ -21,6 +21,7 @@ from aiohttp import web
 from kallm.accounts.keyring import KeyBackend
 from kallm.config import Settings
 from kallm.server import RUNTIME, Runtime, create_app
+from kallm.server.run import start_serving
 from tests.fake_upstream import FakeUpstream, start_fake_upstream
 
 T = TypeVar("T")
@@ -83,13 +84,9 @@ def start_upstream(loop: LoopThread) -> Upstream:
 def start_proxy(loop: LoopThread, settings: Settings, **app_kwargs: Any) -> Proxy:
     async def start() -> Proxy:
         app = create_app(settings, **app_kwargs)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        root = f"http://127.0.0.1:{port}"
-        return Proxy(app, runner, f"{root}/v1", root, settings, loop)
+        served = await start_serving(app, settings, "127.0.0.1", 0)  # as `kallm serve` does
+        root = f"http://127.0.0.1:{served.port}"
+        return Proxy(app, served.runner, f"{root}/v1", root, settings, loop)
 
     return loop.run(start())
 

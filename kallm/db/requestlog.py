@@ -333,8 +333,15 @@ def _errorcode(exc: BaseException) -> int | None:
     return code & 0xFF if isinstance(code, int) else None
 
 
+# Errors of one statement's values (a string SQLite cannot bind, an integer past 64 bits):
+# they cost that item alone, like a constraint violation.
+_BAD_VALUE = (UnicodeError, OverflowError, ValueError, TypeError)
+
+
 def _unavailable(exc: BaseException) -> bool:
     """The database cannot take writes now (or could not be opened at all)."""
+    if isinstance(exc, _BAD_VALUE):
+        return False
     if not isinstance(exc, sqlite3.Error):
         return True  # OSError creating the folder, SchemaTooNew, ...
     return _errorcode(exc) in _UNAVAILABLE

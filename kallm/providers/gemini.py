@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import quote
 
 from kallm.errors import RequestError, UpstreamError
 from kallm.providers import translate as t
@@ -61,8 +62,17 @@ def request_headers(api_key: str) -> dict[str, str]:
 
 
 def chat_path(model: str, stream: bool) -> str:
-    """Relative to ``https://generativelanguage.googleapis.com``; SSE framing for streams."""
-    name = model if model.startswith("tunedModels/") else "models/" + model.removeprefix("models/")
+    """Relative to ``https://generativelanguage.googleapis.com``; SSE framing for streams.
+
+    The model name becomes part of the URL path, so it is one encoded segment there
+    (``gemini-2.5-flash/../gemini-2.5-pro`` can never name another model).
+    """
+    collection, _, bare = (
+        model.rpartition("/")
+        if model.startswith(("models/", "tunedModels/"))
+        else ("models", "/", model)
+    )
+    name = f"{collection}/{quote(bare, safe='-._~')}"
     if stream:
         return f"/v1beta/{name}:streamGenerateContent?alt=sse"
     return f"/v1beta/{name}:generateContent"

@@ -34,6 +34,7 @@ from kallm.errors import (
     RouteNotFound,
 )
 from kallm.providers.router import Route
+from kallm.server.connections import read_body
 from kallm.server.log import request_log
 from kallm.server.request import bearer_token, check_limits, check_model, json_object
 from kallm.server.request import parse_chat_request as parse_chat
@@ -147,7 +148,7 @@ def _check_route(runtime: Runtime, path: RequestPath, admitted: Admission) -> No
 
 
 async def _admit_model(runtime: Runtime, request: web.Request, admitted: Admission) -> None:
-    body = await request.read()
+    body = await read_body(request, runtime.settings.body_timeout)
     payload = parse_chat(body) if admitted.path.route is CHAT else json_object(body)
     model = check_model(payload.get("model"))
     check_limits(payload)

@@ -16,6 +16,7 @@ import json
 import math
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -202,18 +203,18 @@ async def _pump(
     case the usage chunk is about to arrive, so the request is billed what it cost."""
     record = request_log(request)
     client_wants_usage = _wants_usage(admission(request).payload or {})
-    forward: Any = response
+    events = iter_events(upstream.content)
     try:
-        with provider.errors():
-            async for raw, event, data in iter_events(upstream.content):
-                for out in relay.feed(raw, event, data):
-                    await _forward(forward, out, assembler, client_wants_usage, record, started)
-            for out in relay.close():
-                await _forward(forward, out, assembler, client_wants_usage, record, started)
+        while (item := await _next_event(events, provider)) is not None:
+            outs = relay.feed(*item)
+            for out in outs:
+                await _forward(response, out, assembler, client_wants_usage, record, started)
+        for out in relay.close():
+            await _forward(response, out, assembler, client_wants_usage, record, started)
     except ConnectionResetError:
         record.note = "client left mid-stream"
         assembler.done = False
-        await _drain_for_usage(upstream, relay, assembler, provider)
+        await _drain_for_usage(events, relay, assembler, provider)
         raise
     except (KallmError, ValueError) as exc:
         message = exc.message if isinstance(exc, KallmError) else f"bad stream event: {exc}"
@@ -228,21 +229,30 @@ async def _pump(
         record.note = "stream ended without [DONE]"
 
 
+Event = tuple[bytes, str | None, bytes | None]
+
+
+async def _next_event(events: AsyncIterator[Event], provider: Provider) -> Event | None:
+    """The upstream's next event; its failures (and only its) become the provider's errors:
+    a client that leaves is not the upstream failing."""
+    with provider.errors():
+        return await anext(events, None)
+
+
 async def _drain_for_usage(
-    upstream: aiohttp.ClientResponse,
+    events: AsyncIterator[Event],
     relay: StreamRelay,
     assembler: StreamAssembler,
     provider: Provider,
 ) -> None:
+    """Read on, unrelayed, until the usage chunk comes (or ``DRAIN_SECONDS`` pass)."""
+
     async def read() -> None:
-        with provider.errors():
-            async for raw, event, data in iter_events(upstream.content):
-                for out in relay.feed(raw, event, data):
-                    payload = event_data(out)
-                    if payload and payload != b"[DONE]":
-                        assembler.feed(json.loads(payload))
-                if assembler.usage is not None:
-                    return
+        while assembler.usage is None and (item := await _next_event(events, provider)):
+            for out in relay.feed(*item):
+                payload = event_data(out)
+                if payload and payload != b"[DONE]":
+                    assembler.feed(json.loads(payload))
 
     with contextlib.suppress(TimeoutError, KallmError, ValueError):
         await asyncio.wait_for(read(), DRAIN_SECONDS)

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from aiohttp import web
@@ -181,29 +181,52 @@ class PlainFormatter(TextFormatter):
 
 
 def request_row(record: RequestLog, now: float, bodies: bool) -> RequestRow:
-    """The request-log row of a finished request."""
+    """The request-log row of a finished request; text that came from a client is made
+    storable first (a lone surrogate must not cost the batch it travels in)."""
     usage = record.usage
-    return RequestRow(
-        time=now,
-        request_id=record.request_id,
-        key_id=record.key_id,
-        method=record.method,
-        path=record.path,
-        model=record.model,
-        provider=record.provider,
-        upstream_model=record.upstream_model,
-        status=record.status,
-        latency_ms=round((time.perf_counter() - record.started) * 1000, 3),
-        ttft_ms=None
-        if record.first_token_seconds is None
-        else round(record.first_token_seconds * 1000, 3),
-        prompt_tokens=usage.prompt_tokens if usage else None,
-        completion_tokens=usage.completion_tokens if usage else None,
-        cached_tokens=usage.cached_tokens if usage else None,
-        cost_usd=record.cost_usd,
-        saved_usd=record.saved_usd,
-        cache=record.cache,
-        similarity=record.similarity,
-        request_body=record.request_body if bodies else None,
-        response_body=record.response_body if bodies else None,
+    return _storable(
+        RequestRow(
+            time=now,
+            request_id=record.request_id,
+            key_id=record.key_id,
+            method=record.method,
+            path=record.path,
+            model=record.model,
+            provider=record.provider,
+            upstream_model=record.upstream_model,
+            status=record.status,
+            latency_ms=round((time.perf_counter() - record.started) * 1000, 3),
+            ttft_ms=None
+            if record.first_token_seconds is None
+            else round(record.first_token_seconds * 1000, 3),
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            cached_tokens=usage.cached_tokens if usage else None,
+            cost_usd=record.cost_usd,
+            saved_usd=record.saved_usd,
+            cache=record.cache,
+            similarity=record.similarity,
+            request_body=record.request_body if bodies else None,
+            response_body=record.response_body if bodies else None,
+        )
     )
+
+
+def _storable(row: RequestRow) -> RequestRow:
+    changes = {
+        name: value.encode("utf-8", "replace").decode("utf-8")
+        for name, value in ((f, getattr(row, f)) for f in _TEXT_FIELDS)
+        if isinstance(value, str) and not _encodes(value)
+    }
+    return replace(row, **changes) if changes else row
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_TEXT_FIELDS = tuple(f.name for f in fields(RequestRow) if f.type in ("str | None", str))

@@ -14,9 +14,16 @@ import secrets
 import time
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from kallm.errors import KallmError, PayloadTooLarge, UpstreamLoop
+from kallm.errors import (
+    KallmError,
+    PayloadTooLarge,
+    RequestError,
+    UnsupportedEncoding,
+    UpstreamLoop,
+)
 from kallm.server.admission import set_path, settle
 from kallm.server.log import (
     REQUEST_LOG_KEY,
@@ -85,6 +92,7 @@ async def _answer(
                 "kallm received its own upstream call: its upstream URL (OPENAI_BASE_URL or a "
                 "provider's base_url) points back at this kallm"
             )
+        _check_encoding(request)
         response = await handler(request)
     except KallmError as exc:
         response = error_response(exc, dialect)
@@ -96,9 +104,15 @@ async def _answer(
         if exc.status < 400:
             raise
         response = error_response(_http_error(exc), dialect)
+    except HttpProcessingError as exc:  # e.g. a body that claims gzip and is not
+        response = error_response(
+            RequestError(f"the request body cannot be read: {exc.message}"), dialect
+        )
     except ConnectionResetError:
+        # the client left (mid-body or mid-answer): one log line, never a traceback; the
+        # response below is never sent
         record.status, record.note = 499, record.note or "client disconnected"
-        raise
+        return web.Response(status=499, reason="Client Closed Request")
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         response = error_response(KallmError("internal error in kallm; see the server log"))
@@ -140,6 +154,20 @@ async def _finish(runtime: Runtime, record: RequestLog) -> None:
     writer = runtime.request_log
     if writer is not None and runtime.settings.log_requests and record.path not in OPS_PATHS:
         writer.log(request_row(record, time.time(), runtime.settings.log_bodies))
+
+
+_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
+
+
+def _check_encoding(request: web.Request) -> None:
+    """Request bodies in gzip or deflate are decoded (within the size limit); anything else
+    is refused rather than relayed or parsed as if it were plain."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in _ENCODINGS:
+        raise UnsupportedEncoding(
+            f"Content-Encoding {encoding[:40]!r} is not supported; send identity, gzip or deflate",
+            param="Content-Encoding",
+        )
 
 
 def _http_error(exc: web.HTTPException) -> KallmError:

@@ -22,6 +22,7 @@ from kallm.errors import KallmError, RequestError
 from kallm.providers.base import Provider, forwardable
 from kallm.providers.openai import authorization
 from kallm.server.admission import Admission, admission
+from kallm.server.connections import read_body
 from kallm.server.log import request_log
 from kallm.server.runtime import Runtime, runtime_of
 
@@ -35,7 +36,9 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     admitted = admission(request)
     if admitted.payload is not None:
         return await _policed(request, runtime, admitted)
-    body = await request.read() if request.can_read_body else None
+    body = (
+        await read_body(request, runtime.settings.body_timeout) if request.can_read_body else None
+    )
     return await relay(request, runtime.router.default, admitted.path.upstream_path, body)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -17,6 +18,7 @@ from kallm.config import Settings
 from kallm.errors import ConfigError
 from kallm.providers.router import provider_configs
 from kallm.server.app import create_app
+from kallm.server.connections import close_stalled
 from kallm.server.loop import upstream_is_self
 
 log = logging.getLogger("kallm.server")
@@ -30,24 +32,53 @@ def serve(settings: Settings) -> None:
     asyncio.run(_serve(settings))
 
 
-async def _serve(settings: Settings) -> None:
-    runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=GRACE_SECONDS)
+@dataclass
+class Served:
+    """An app listening on a socket, with its connection timers; ``stop`` ends both."""
+
+    runner: web.AppRunner
+    port: int
+    sweeper: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.sweeper
+        await self.runner.cleanup()
+
+
+async def start_serving(app: web.Application, settings: Settings, host: str, port: int) -> Served:
+    """Start ``app`` (its components, then the socket) and the connection timers."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=GRACE_SECONDS,
+        keepalive_timeout=settings.idle_timeout,
+    )
     await runner.setup()  # start-up: database, providers, cache file
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
-        port = _bound_port(runner, settings.port)
-        _refuse_self_as_upstream(settings, port)
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    sweeper = asyncio.create_task(close_stalled(runner, settings.idle_timeout))
+    return Served(runner, _bound_port(runner, port), sweeper)
+
+
+async def _serve(settings: Settings) -> None:
+    served = await start_serving(create_app(settings), settings, settings.host, settings.port)
+    try:
+        _refuse_self_as_upstream(settings, served.port)
         log.info(
             "kallm listening on http://%s:%d/v1 → %s",
             settings.host,
-            port,
+            served.port,
             describe_providers(settings),
         )
         await _until_stopped()
         log.info("stopping: finishing requests in flight (up to %.0fs)", GRACE_SECONDS)
     finally:
-        await runner.cleanup()
+        await served.stop()
 
 
 def _bound_port(runner: web.AppRunner, asked: int) -> int:

@@ -1,0 +1,65 @@
+"""Connection timers: a client that is slow on purpose cannot hold a connection for ever.
+
+aiohttp has no header timeout, and a client that sends a few header bytes now and then
+keeps its keep-alive timer from ever firing: 600 such clients held 600 connections open
+indefinitely. So once a second the server's connections are swept: one that has not
+started a request (headers complete) for ``idle_timeout`` seconds is closed, whether it
+sits idle between requests or trickles a header in. A request that is being handled is
+never cut here; its body read has its own deadline (``read_body``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from kallm.errors import KallmError
+
+SWEEP_SECONDS = 1.0
+
+
+class RequestTimeout(KallmError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+async def read_body(request: web.Request, timeout: float) -> bytes:
+    """The whole body, or 408 when the client does not send it within ``timeout``."""
+    try:
+        return await asyncio.wait_for(request.read(), timeout)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {timeout:g}s (server.body_timeout)"
+        ) from None
+
+
+async def close_stalled(
+    runner: web.BaseRunner, idle_timeout: float, clock: Callable[[], float] = time.monotonic
+) -> None:
+    """Sweep the runner's connections until it is cleaned up (or this task is cancelled)."""
+    last_seen: dict[object, tuple[int, float]] = {}  # connection -> (requests begun, since)
+    while True:
+        await asyncio.sleep(SWEEP_SECONDS)
+        server = runner.server
+        if server is None:
+            return
+        now = clock()
+        live = server.connections
+        for connection in live:
+            begun = getattr(connection, "_request_count", 0)
+            busy = getattr(connection, "_current_request", None) is not None
+            count, since = last_seen.get(connection, (-1, now))
+            if busy or begun != count:
+                last_seen[connection] = (begun, now)
+                continue
+            if now - since > idle_timeout:
+                with contextlib.suppress(Exception):
+                    connection.force_close()
+        alive = set(live)
+        for connection in [c for c in last_seen if c not in alive]:
+            del last_seen[connection]
