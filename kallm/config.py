@@ -78,6 +78,7 @@ class Settings:
     open_routes: tuple[str, ...] = ()  # organisation routes virtual keys may use
     open_route_charge: float = 0.0  # USD charged per successful call of an opened route
     log_requests: bool = True
+    log_probes: bool = False  # access lines for /health, /stats and /metrics
     log_bodies: bool = False
     log_retention: float = 30 * 86400.0
     # structured tables of kallm.toml, parsed in kallm.providers.config
@@ -297,6 +298,7 @@ SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec("db_path", "db.path", ("KALLM_DB",), parse_optional_path),
     SettingSpec("log_requests", "log.requests", ("KALLM_LOG_REQUESTS",), parse_bool),
+    SettingSpec("log_probes", "log.probes", ("KALLM_LOG_PROBES",), parse_bool),
     SettingSpec("log_bodies", "log.bodies", ("KALLM_LOG_BODIES",), parse_bool),
     SettingSpec("log_retention", "log.retention", ("KALLM_LOG_RETENTION",), parse_duration),
 )

@@ -66,7 +66,7 @@ class FakeServer:
     base_path = ""
 
     def __init__(self) -> None:
-        self.app = web.Application()
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)  # kallm allows 10 MB
         # One catch-all route: every request is recorded before routing, and
         # unknown paths still get the API's own 404 error rather than aiohttp's.
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)

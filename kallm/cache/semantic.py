@@ -26,6 +26,15 @@ log = logging.getLogger("kallm.cache")
 HitGuard = Callable[[str, str], "str | None"]
 
 CANDIDATES = 4  # neighbours above the threshold the guard may choose among
+# Longer texts are cached by the exact tier only: embedding and guarding 10 MB of text held
+# the event loop for seconds, and a long text judged by the meaning of a part of it could
+# hit an answer to another text. 8,000 characters is a long prompt (~2,000 tokens).
+MAX_COMPARED_CHARS = 8_000
+
+
+def comparable(text: str | None) -> bool:
+    """Whether a compared text is matched by meaning (else: exactly, or not at all)."""
+    return text is not None and len(text) <= MAX_COMPARED_CHARS
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +119,7 @@ class SemanticCache:
         entry = await self.backend.get_exact(key.exact, now)
         if entry is not None:
             result.hit = Hit(entry, 1.0, "exact")
-        elif key.text is not None:
+        elif comparable(key.text):
             embed_started = time.perf_counter()
             result.vector, result.embedded = await self._embed(key.text), True
             result.embed_seconds = time.perf_counter() - embed_started
@@ -129,13 +138,13 @@ class SemanticCache:
     ) -> Entry:
         """Remember a complete answer under the lookup's key (vector reused from the lookup)."""
         key = lookup.key
-        if not lookup.embedded and key.text is not None:
+        if not lookup.embedded and comparable(key.text):
             lookup.vector, lookup.embedded = await self._embed(key.text), True
         now = self._clock()
         entry = Entry(
             key.scope,
             key.exact,
-            key.text,
+            key.text if comparable(key.text) else None,  # only meaning needs the wording
             lookup.vector,
             response,
             now,

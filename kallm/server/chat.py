@@ -25,12 +25,14 @@ from aiohttp import web
 from kallm.accounts.pricing import Usage
 from kallm.cache.scope import cache_key
 from kallm.cache.semantic import Hit, Lookup
-from kallm.errors import KallmError, UpstreamError
+from kallm.errors import KallmError, UpstreamError, UpstreamTimeout
 from kallm.providers.base import ChatCall, Provider, StreamRelay, forwardable
 from kallm.providers.router import Route
 from kallm.providers.sse import DONE, StreamAssembler, event_data, iter_events, replay_events
-from kallm.server.admission import Admission, admission
+from kallm.server.admission import Admission, admission, breathe
+from kallm.server.deadline import deadline_of, within
 from kallm.server.log import RequestLog, request_log
+from kallm.server.passthrough import UsageTap
 from kallm.server.request import CacheControls
 from kallm.server.runtime import Runtime, runtime_of
 
@@ -53,6 +55,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     controls = CacheControls.from_headers(request.headers)
     tenant = admitted.tenant + (("sub", controls.namespace) if controls.namespace else ())
     key = cache_key(payload, tenant)
+    await breathe(admitted.body)
     cache = runtime.semantic_cache
     if controls.lookup:
         lookup = await cache.lookup(
@@ -115,7 +118,9 @@ async def _relay(
     routes = admitted.routes
     call = ChatCall(payload, admitted.body, routes[0].model, stream, client_headers)
     started = time.perf_counter()
-    opened = await runtime.router.open_chat(routes, call)
+    deadline = deadline_of(request, runtime.settings.upstream_deadline)
+    async with within(deadline):
+        opened = await runtime.router.open_chat(routes, call)
     provider, upstream = opened.route.provider, opened.response
     record = request_log(request)
     record.provider, record.upstream_model = provider.name, opened.route.model
@@ -124,15 +129,22 @@ async def _relay(
     headers[PROVIDER_HEADER] = f"{provider.name}/{opened.route.model}"
     async with upstream:
         if not stream or upstream.status != 200:
-            return await _relay_whole(
-                request, runtime, opened.route, upstream, headers, store, started
-            )
+            async with within(deadline):
+                return await _relay_whole(
+                    request, runtime, opened.route, upstream, headers, store, started
+                )
         response = _event_stream(headers)
         await response.prepare(request)
         relay = provider.adapter.stream(payload["model"])
         assembler = StreamAssembler()
         try:
-            await _pump(request, response, upstream, relay, provider, assembler, started)
+            async with asyncio.timeout_at(deadline):
+                await _pump(request, response, upstream, relay, provider, assembler, started)
+        except TimeoutError:
+            assembler.done = False
+            record.note = "stream cut at the deadline (upstream.deadline)"
+            error = UpstreamTimeout("the answer did not finish before the request's deadline")
+            await response.write(b"data: " + _compact(error.to_body()).encode() + b"\n\n")
         finally:  # a client that left is billed too
             _price(runtime, record, opened.route, assembler, admitted)
     if assembler.done and assembler.complete:
@@ -159,8 +171,10 @@ async def _relay_whole(
     payload = admission(request).payload
     assert payload is not None
     with provider.errors():
-        data = await upstream.read()
+        data, whole = await _read_bounded(upstream, runtime.settings.max_answer_bytes)
     record.upstream_seconds = time.perf_counter() - started
+    if not whole:
+        return await _relay_oversized(request, runtime, route, upstream, headers, data)
     data = provider.adapter.answer(upstream.status, data, payload["model"])
     if upstream.status == 200:
         completion = _completion_or_502(data, provider)
@@ -171,6 +185,54 @@ async def _relay_whole(
     if provider.kind != "openai":
         headers["Content-Type"] = "application/json"
     return web.Response(body=data, status=status, headers=headers)
+
+
+async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The answer read so far and whether that is all of it (reading stops past ``limit``)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in upstream.content.iter_any():
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(parts), False
+    return b"".join(parts), True
+
+
+async def _relay_oversized(
+    request: web.Request,
+    runtime: Runtime,
+    route: Route,
+    upstream: aiohttp.ClientResponse,
+    headers: Any,
+    head: bytes,
+) -> web.StreamResponse:
+    """An answer past ``upstream.max_answer_size``: relayed as it comes, never buffered
+    whole, never cached; priced from the usage at its end (or its size). A translated
+    answer cannot be translated in pieces: that is a 502."""
+    provider = route.provider
+    if provider.kind != "openai":
+        raise UpstreamError(
+            f"provider {provider.name} sent an answer over the "
+            f"{runtime.settings.max_answer_bytes:,}-byte limit (upstream.max_answer_size)"
+        )
+    record = request_log(request)
+    record.note = "answer over upstream.max_answer_size: relayed, not cached"
+    response = web.StreamResponse(status=upstream.status, headers=headers)
+    await response.prepare(request)
+    tap = UsageTap()
+    tap.feed(head)
+    await response.write(head)
+    with provider.errors():
+        async for chunk in upstream.content.iter_any():
+            tap.feed(chunk)
+            await response.write(chunk)
+    usage = tap.usage() or Usage(
+        len(admission(request).body) // CHARS_PER_TOKEN, tap.relayed // CHARS_PER_TOKEN
+    )
+    record.usage, record.cost_usd = usage, runtime.prices.cost(route.model, usage)
+    await response.write_eof()
+    return response
 
 
 def _completion_or_502(data: bytes, provider: Provider) -> dict[str, Any]:

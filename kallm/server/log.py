@@ -20,6 +20,7 @@ from kallm.accounts.pricing import Usage
 from kallm.db.requestlog import RequestRow
 
 access_log = logging.getLogger("kallm.access")
+PROBE_LABELS = frozenset({"/health", "/stats", "/metrics"})
 
 
 @dataclass(slots=True)
@@ -101,7 +102,11 @@ def start_request_log(request: web.Request, request_id: str) -> RequestLog:
     return record
 
 
-def emit(record: RequestLog) -> None:
+def emit(record: RequestLog, probes: bool = False) -> None:
+    """The access line; health, stats and metrics probes only when asked (``log.probes``),
+    since a liveness probe every few seconds would bury the requests that matter."""
+    if record.route in PROBE_LABELS and not probes:
+        return
     if access_log.isEnabledFor(logging.INFO):
         access_log.info("request", extra={"kallm_fields": record.fields()})
 
@@ -109,7 +114,7 @@ def emit(record: RequestLog) -> None:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, object] = {
-            "time": round(record.created, 3),
+            "time": rfc3339(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
         }
@@ -147,6 +152,17 @@ class TextFormatter(logging.Formatter):
         return "request " + " ".join(parts)
 
 
+def rfc3339(created: float) -> str:
+    """``2026-11-30T21:04:05.123Z``: what log collectors parse without configuration."""
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{whole}.{int(created % 1 * 1000):03d}Z"
+
+
+# aiohttp logs its own errors (a protocol error, a handler that escaped) on these; they go
+# through the same handler, so a JSON log stays JSON lines and a traceback stays one record.
+_FOREIGN_LOGGERS = ("aiohttp", "asyncio")
+
+
 def configure_logging(json_lines: bool, level: str = "info") -> None:
     """Human lines through rich on a terminal, JSON lines for machines."""
     root = logging.getLogger("kallm")
@@ -170,6 +186,11 @@ def configure_logging(json_lines: bool, level: str = "info") -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(PlainFormatter())
     root.addHandler(handler)
+    for name in _FOREIGN_LOGGERS:
+        foreign = logging.getLogger(name)
+        foreign.handlers = [handler]
+        foreign.setLevel(logging.WARNING)
+        foreign.propagate = False
 
 
 class PlainFormatter(TextFormatter):

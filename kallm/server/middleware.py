@@ -26,6 +26,7 @@ from kallm.errors import (
 )
 from kallm.server.admission import set_path, settle
 from kallm.server.log import (
+    PROBE_LABELS,
     REQUEST_LOG_KEY,
     RequestLog,
     emit,
@@ -33,7 +34,7 @@ from kallm.server.log import (
     start_request_log,
 )
 from kallm.server.loop import came_from
-from kallm.server.routes import OPS_PATHS, Dialect, classify
+from kallm.server.routes import Dialect, classify
 from kallm.server.runtime import Runtime, runtime_of
 
 log = logging.getLogger("kallm.server")
@@ -148,11 +149,11 @@ async def _finish(runtime: Runtime, record: RequestLog) -> None:
         log.exception("settling request %s failed", record.request_id)
     if record.status == 0:
         record.status = 499
-    emit(record)
+    emit(record, runtime.settings.log_probes)
     if runtime.metrics is not None:
         runtime.metrics.observe(record)
     writer = runtime.request_log
-    if writer is not None and runtime.settings.log_requests and record.path not in OPS_PATHS:
+    if writer is not None and runtime.settings.log_requests and record.route not in PROBE_LABELS:
         writer.log(request_row(record, time.time(), runtime.settings.log_bodies))
 
 

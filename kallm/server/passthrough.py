@@ -23,6 +23,7 @@ from kallm.providers.base import Provider, forwardable
 from kallm.providers.openai import authorization
 from kallm.server.admission import Admission, admission
 from kallm.server.connections import read_body
+from kallm.server.deadline import deadline_of, within
 from kallm.server.log import request_log
 from kallm.server.runtime import Runtime, runtime_of
 
@@ -135,9 +136,11 @@ async def relay(
     if tap is not None:
         headers["Accept-Encoding"] = "identity"  # the tap reads the usage from plain bytes
     request_log(request).provider = upstream.name
-    upstream_response = await upstream.send(
-        request.method, upstream.url(path, request.query_string), headers, body
-    )
+    deadline = deadline_of(request, runtime.settings.upstream_deadline)
+    async with within(deadline):
+        upstream_response = await upstream.send(
+            request.method, upstream.url(path, request.query_string), headers, body
+        )
     async with upstream_response:
         if tap is not None:
             tap.status = upstream_response.status
@@ -151,11 +154,12 @@ async def relay(
             response.content_length = length
         await response.prepare(request)
         try:
-            with upstream.errors():
-                async for chunk in upstream_response.content.iter_any():
-                    if tap is not None:
-                        tap.feed(chunk)
-                    await response.write(chunk)
+            async with within(deadline):
+                with upstream.errors():
+                    async for chunk in upstream_response.content.iter_any():
+                        if tap is not None:
+                            tap.feed(chunk)
+                        await response.write(chunk)
         except KallmError as exc:  # headers are gone: all we can do is cut the connection
             request_log(request).note = f"relay broke: {exc.message}"
             response.force_close()
