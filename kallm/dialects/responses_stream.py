@@ -358,63 +358,61 @@ def replay_response_events(response: dict[str, Any], fresh_ids: bool = False) ->
 
 
 def _replay_item(event: _Sequencer, index: int, item: dict[str, Any]) -> list[bytes]:
-    kind = item.get("type")
+    """added (the item as it starts), the deltas that fill it, done (the item whole)."""
     where = {"item_id": item.get("id", ""), "output_index": index}
+    added = event("response.output_item.added", output_index=index, item=_item_start(item))
+    body = _item_body(event, where, item)
+    return [added, *body, event("response.output_item.done", output_index=index, item=item)]
+
+
+def _item_start(item: dict[str, Any]) -> dict[str, Any]:
+    kind = item.get("type")
     if kind == "message":
-        start = {**item, "status": "in_progress", "content": []}
-        body = [
+        return {**item, "status": "in_progress", "content": []}
+    if kind == "function_call":
+        return {**item, "status": "in_progress", "arguments": ""}
+    if kind == "reasoning":
+        return {k: v for k, v in item.items() if k != "content"} | {"summary": []}
+    return item  # hosted tool calls and items added later: whole, as added and done
+
+
+def _item_body(event: _Sequencer, where: dict[str, Any], item: dict[str, Any]) -> list[bytes]:
+    kind = item.get("type")
+    if kind == "message":
+        return [
             e
             for j, part in enumerate(item.get("content") or [])
             for e in _part(event, where, j, part)
         ]
-    elif kind == "function_call":
-        start = {**item, "status": "in_progress", "arguments": ""}
+    if kind == "function_call":
         arguments = item.get("arguments") or ""
-        body = [
+        out = [
             event("response.function_call_arguments.delta", **where, delta=p)
             for p in pieces(arguments)
         ]
-        body.append(
-            event(
-                "response.function_call_arguments.done",
-                **where,
-                name=item.get("name"),
-                arguments=arguments,
-            )
-        )
-    elif kind == "reasoning":
-        start = {**item, "summary": []}
-        start.pop("content", None)
-        body = _reasoning(event, where, item)
-    else:  # hosted tool calls and items added later: whole, as added and done
-        start, body = item, []
-    return [
-        event("response.output_item.added", output_index=index, item=start),
-        *body,
-        event("response.output_item.done", output_index=index, item=item),
-    ]
+        done = {"name": item.get("name"), "arguments": arguments}
+        return [*out, event("response.function_call_arguments.done", **where, **done)]
+    if kind == "reasoning":
+        return _reasoning(event, where, item)
+    return []
 
 
 def _part(event: _Sequencer, where: dict[str, Any], j: int, part: dict[str, Any]) -> list[bytes]:
     at = {**where, "content_index": j}
-    if part.get("type") == "refusal":
-        refusal = part.get("refusal") or ""
-        deltas = [event("response.refusal.delta", **at, delta=p) for p in pieces(refusal)]
-        done = event("response.refusal.done", **at, refusal=refusal)
-        start = {**part, "refusal": ""}
+    refusal = part.get("type") == "refusal"
+    start = {**part, "refusal": ""} if refusal else {**part, "text": "", "annotations": []}
+    out = [event("response.content_part.added", **at, part=start)]
+    if refusal:
+        text = part.get("refusal") or ""
+        out += [event("response.refusal.delta", **at, delta=p) for p in pieces(text)]
+        out.append(event("response.refusal.done", **at, refusal=text))
     else:
         text = part.get("text") or ""
-        deltas = [
+        out += [
             event("response.output_text.delta", **at, delta=p, logprobs=[]) for p in pieces(text)
         ]
-        done = event("response.output_text.done", **at, text=text, logprobs=[])
-        start = {**part, "text": "", "annotations": []}
-    return [
-        event("response.content_part.added", **at, part=start),
-        *deltas,
-        done,
-        event("response.content_part.done", **at, part=part),
-    ]
+        out.append(event("response.output_text.done", **at, text=text, logprobs=[]))
+    return [*out, event("response.content_part.done", **at, part=part)]
 
 
 def _reasoning(event: _Sequencer, where: dict[str, Any], item: dict[str, Any]) -> list[bytes]:
