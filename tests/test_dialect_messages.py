@@ -962,3 +962,21 @@ def test_copy_safety_of_the_translators() -> None:
     kept = copy.deepcopy(message)
     replay_message_events(message, fresh_ids=True)
     assert message == kept
+
+
+def test_reading_a_half_assembled_message_changes_nothing() -> None:
+    events = replay_message_events(native(SHAPES[1].values[0]))
+    half = MessagesAssembler()
+    pairs = list(parse_sse(events))
+    cut = next(i for i, (n, d) in enumerate(pairs) if d.get("delta", {}).get("partial_json"))
+    for name, data in pairs[: cut + 2]:
+        half.feed(name, data)
+        half.message  # noqa: B018 - a read mid-stream, as a progress view would
+    for name, data in pairs[cut + 2 :]:
+        half.feed(name, data)
+    assert half.complete and half.message == native(SHAPES[1].values[0])
+
+
+def test_an_empty_user_turn_stays_an_empty_string() -> None:
+    chat = m.chat_request_from_messages(body(user([{"type": "text", "text": ""}])))
+    assert chat["messages"] == [{"role": "user", "content": ""}]

@@ -197,9 +197,10 @@ def _user_turn(blocks: list[dict[str, Any]], param: str) -> list[dict[str, Any]]
             )
     out = tools
     content = tool_images + parts
-    if content or not tools:
-        single = len(content) == 1 and content[0]["type"] == "text"
-        out.append({"role": "user", "content": content[0]["text"] if single else content})
+    if len(content) == 1 and content[0]["type"] == "text":
+        out.append({"role": "user", "content": content[0]["text"]})
+    elif content or not tools:  # an empty turn stays a turn, as "" (chat refuses [])
+        out.append({"role": "user", "content": content or ""})
     return out
 
 

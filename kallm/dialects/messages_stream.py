@@ -255,11 +255,16 @@ class MessagesAssembler:
 
     @property
     def message(self) -> dict[str, Any]:
-        """The message so far (whole once ``complete``)."""
-        for index in list(self._json):
-            self._finish_input(index)
+        """The message so far (whole once ``complete``); reading it changes nothing."""
         message = copy.deepcopy(self._message or {})
-        message["content"] = [copy.deepcopy(self._blocks[i]) for i in sorted(self._blocks)]
+        content = []
+        for index in sorted(self._blocks):
+            block = copy.deepcopy(self._blocks[index])
+            raw = "".join(self._json.get(index, []))
+            if raw.strip():  # a tool block still streaming its input
+                block["input"] = tool_input(raw)
+            content.append(block)
+        message["content"] = content
         return message
 
 
