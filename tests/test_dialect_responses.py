@@ -21,6 +21,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from kallm.accounts.pricing import Usage
 from kallm.dialects import responses as r
 from kallm.dialects.responses_stream import (
     ResponsesAssembler,
@@ -481,6 +482,13 @@ def test_status_from_finish_reason(finish: str, status: str, reason: str | None)
     assert response["incomplete_details"] == ({"reason": reason} if reason else None)
     assert response["output"][0]["status"] == status
     Response.model_validate(response)
+
+
+def test_usage_for_pricing() -> None:
+    usage = r.usage_from_chat(completion({"content": "x"})["usage"])
+    assert r.usage_for_pricing(usage) == Usage(120, 30, 100)
+    assert r.usage_for_pricing(usage) == Usage.from_openai(completion({"content": "x"})["usage"])
+    assert r.usage_for_pricing(None) == Usage()
 
 
 # ---------------------------------------------------------------- chat stream -> Responses
