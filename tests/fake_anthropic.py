@@ -1,4 +1,4 @@
-"""A strict fake of Anthropic's Messages API (``POST /v1/messages``).
+"""A strict fake of Anthropic's Messages API (``POST /v1/messages`` and ``/count_tokens``).
 
 kallm translates OpenAI requests into Messages bodies; a lenient fake would
 let a translation bug through that the real API answers with a 400. So this
@@ -6,6 +6,11 @@ fake checks what the real API checks (headers, required and unknown fields,
 alternating roles, block types, tool_use / tool_result pairing, tool schemas,
 thinking rules) with Anthropic's own error shape, and answers with the real
 response and SSE event sequence. Steering mirrors ``tests.fake_upstream``.
+
+Prompt caching is simulated deterministically: a request carrying ``cache_control``
+writes its prefix (up to the last breakpoint) to the cache the first time
+(``cache_creation_input_tokens``) and reads it every later time
+(``cache_read_input_tokens``); ``input_tokens`` counts only the rest, as Anthropic's does.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from tests.fake_base import FakeServer, start
 from tests.fake_upstream import count_tokens
 
 MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 _TOP_LEVEL = frozenset(
     {
         "model",
@@ -40,6 +46,24 @@ _TOP_LEVEL = frozenset(
         "service_tier",
         "container",
         "mcp_servers",
+        "cache_control",
+        "output_config",
+        "context_management",
+    }
+)
+# count_tokens takes the prompt, not the sampling parameters.
+_COUNT_TOP_LEVEL = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "mcp_servers",
+        "cache_control",
+        "output_config",
+        "context_management",
     }
 )
 _USER_BLOCKS = frozenset({"text", "image", "document", "tool_result", "search_result"})
@@ -93,7 +117,10 @@ class FakeAnthropic(FakeServer):
     events then drop the socket (never reaching message_delta / message_stop);
     ``stream_error_after`` N events then an ``error`` event; ``reply`` fixed text;
     ``api_key`` the one key accepted (None: any); ``cache_read_tokens`` /
-    ``cache_creation_tokens`` reported in usage. Observation: ``calls``, ``requests``.
+    ``cache_creation_tokens`` reported in usage (when set, instead of the simulated
+    prompt cache). Observation: ``calls``, ``requests``, ``anthropic_versions`` and
+    ``anthropic_betas`` (the headers of each API request, betas split at commas),
+    ``signatures`` (thinking signatures issued).
     """
 
     def reset(self) -> None:
@@ -103,18 +130,23 @@ class FakeAnthropic(FakeServer):
         self.cache_read_tokens = 0
         self.cache_creation_tokens = 0
         self.signatures: set[str] = set()
+        self.anthropic_versions: list[str | None] = []
+        self.anthropic_betas: list[list[str]] = []
+        self._cached_prefixes: set[str] = set()
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         _raw, parsed = await self.record(request)
         headers = {"request-id": f"req_{uuid.uuid4().hex[:24]}"}
         try:
             await self.pause(self.stall_seconds)
-            if (request.method, request.path) != ("POST", MESSAGES_PATH):
+            if request.method != "POST" or request.path not in (MESSAGES_PATH, COUNT_TOKENS_PATH):
                 raise AnthropicError(404, "Not Found")
             self._check_headers(request)
             self._maybe_fail()
             if not isinstance(parsed, dict):
                 raise _invalid("There was an issue with your request body: invalid JSON")
+            if request.path == COUNT_TOKENS_PATH:
+                return web.json_response(self._count_tokens(parsed), headers=headers)
             validate(parsed, self.signatures)
             turn = self._answer(parsed)
         except AnthropicError as err:
@@ -124,7 +156,13 @@ class FakeAnthropic(FakeServer):
         return web.json_response(turn, headers=headers)
 
     def _check_headers(self, request: web.Request) -> None:
+        self.anthropic_versions.append(request.headers.get("anthropic-version"))
+        betas = request.headers.get("anthropic-beta") or ""
+        self.anthropic_betas.append([b.strip() for b in betas.split(",") if b.strip()])
         key = request.headers.get("x-api-key")
+        bearer = request.headers.get("authorization", "")
+        if not key and bearer.lower().startswith("bearer "):  # OAuth-style tokens (Claude Code)
+            key = bearer[7:].strip()
         if not key:
             raise AnthropicError(401, "x-api-key header is required")
         if self.api_key is not None and key != self.api_key:
@@ -204,18 +242,51 @@ class FakeAnthropic(FakeServer):
         }
 
     def _usage(self, body: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, Any]:
-        system = body.get("system") or ""
-        prompt = count_tokens(
-            system if isinstance(system, str) else " ".join(b["text"] for b in system)
-        )
-        prompt += sum(_block_tokens(b) for m in body["messages"] for b in _as_blocks(m["content"]))
+        prompt = _prompt_tokens(body)
+        written, read = self.cache_creation_tokens, self.cache_read_tokens
+        if not (written or read):
+            written, read = self._prompt_cache(body)
+            prompt -= written + read
         return {
             "input_tokens": prompt,
-            "cache_creation_input_tokens": self.cache_creation_tokens,
-            "cache_read_input_tokens": self.cache_read_tokens,
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": read,
             "output_tokens": sum(_block_tokens(b) for b in content) or 1,
             "service_tier": "standard",
         }
+
+    def _prompt_cache(self, body: dict[str, Any]) -> tuple[int, int]:
+        """(tokens written, tokens read): the prefix up to the last ``cache_control``
+        breakpoint (in order tools, system, messages; a top-level one caches it all)."""
+        system = body.get("system") or []
+        blocks = [("system", b) for b in _as_blocks(system)] if system else []
+        blocks += [("message", b) for m in body["messages"] for b in _as_blocks(m["content"])]
+        marked = [i for i, (_, b) in enumerate(blocks) if isinstance(b.get("cache_control"), dict)]
+        if body.get("cache_control"):
+            marked.append(len(blocks) - 1)
+        tools_marked = any(
+            isinstance(t.get("cache_control"), dict) for t in body.get("tools") or []
+        )
+        if not marked and not tools_marked:
+            return 0, 0
+        prefix = blocks[: max(marked) + 1] if marked else []
+        tokens = sum(_block_tokens(b) for _, b in prefix)
+        key = json.dumps([body.get("tools") or [], prefix], sort_keys=True)
+        if key in self._cached_prefixes:
+            return 0, tokens
+        self._cached_prefixes.add(key)
+        return tokens, 0
+
+    def _count_tokens(self, body: dict[str, Any]) -> dict[str, int]:
+        """``/v1/messages/count_tokens``: validated like a message, answered with the prompt."""
+        for name in body:
+            if name not in _COUNT_TOP_LEVEL:
+                raise _invalid(f"{name}: Extra inputs are not permitted")
+        validate({**body, "max_tokens": 1_000_000}, self.signatures)
+        if not body["model"].startswith("claude"):
+            raise AnthropicError(404, f"model: {body['model']}")
+        tools = sum(count_tokens(json.dumps(t)) for t in body.get("tools") or [])
+        return {"input_tokens": _prompt_tokens(body) + tools}
 
     # -- SSE ---------------------------------------------------------------------
 
@@ -311,6 +382,16 @@ def _events(message: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], bool
         True,
     )
     yield "message_stop", {"type": "message_stop"}, True
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    system = body.get("system") or ""
+    prompt = count_tokens(
+        system if isinstance(system, str) else " ".join(b["text"] for b in system)
+    )
+    return prompt + sum(
+        _block_tokens(b) for m in body["messages"] for b in _as_blocks(m["content"])
+    )
 
 
 def _pieces(text: str) -> list[str]:

@@ -40,6 +40,7 @@ from tests.fake_base import Headers as Headers  # re-exported: tests import it f
 from tests.fake_base import RecordedRequest as RecordedRequest
 
 CHAT_PATH = "/v1/chat/completions"
+RESPONSES_PATH = "/v1/responses"
 COMPLETIONS_PATH = "/v1/completions"
 EMBEDDINGS_PATH = "/v1/embeddings"
 MODELS_PATH = "/v1/models"
@@ -155,6 +156,14 @@ class FakeUpstream(FakeServer):
     - ``chunk_delay``: sleep between SSE chunks.
     - ``reply``: fixed content instead of ``f"Answer to: {last user text}"``.
 
+    ``/v1/responses`` (the Responses API) follows the same steering: failures,
+    stalls, ``cut_stream_after`` (N events, then the socket drops before the
+    terminal event), ``chunk_delay`` and ``reply``. It calls the first function
+    tool when asked about weather (or when ``tool_choice`` forces it), answers a
+    ``function_call_output`` with ``"The tool said: ..."``, and adds a reasoning
+    item when ``reasoning.effort`` is set (a summary when ``reasoning.summary`` is,
+    ``encrypted_content`` when ``include`` asks for it).
+
     Choice ``i > 0`` of an ``n > 1`` request gets `` [i]`` appended so tests can
     tell the choices apart.
     """
@@ -165,6 +174,7 @@ class FakeUpstream(FakeServer):
         super().__init__()
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", CHAT_PATH): self._chat,
+            ("POST", RESPONSES_PATH): self._responses,
             ("POST", COMPLETIONS_PATH): self._completions,
             ("POST", EMBEDDINGS_PATH): self._embeddings,
             ("GET", MODELS_PATH): self._models,
@@ -286,6 +296,39 @@ class FakeUpstream(FakeServer):
         if index:
             content = f"{content} [{index}]"
         return _truncate(content, limit)
+
+    async def _responses(self, request: web.Request, body: Any) -> web.StreamResponse:
+        """``POST /v1/responses``: validated like the real API, answered deterministically."""
+        self._maybe_fail()
+        body = _require_object(body)
+        _validate_responses_request(body)
+        response = _responses_answer(body, self.reply)
+        if body.get("stream") is True:
+            return await self._sse_named(request, _responses_events(response))
+        return web.json_response(response)
+
+    async def _sse_named(
+        self, request: web.Request, events: list[tuple[str, dict[str, Any]]]
+    ) -> web.StreamResponse:
+        """Named SSE events (``event:`` + ``data:``), no ``[DONE]``: the Responses framing.
+
+        ``cut_stream_after`` drops the socket after N events, and always before
+        the terminal one, so a cut stream never looks complete.
+        """
+        response = web.StreamResponse(headers={**_SSE_HEADERS, **_response_headers()})
+        await response.prepare(request)
+        try:
+            for sent, (name, data) in enumerate(events):
+                cut = self.cut_stream_after
+                if cut is not None and (sent >= cut or name in _RESPONSE_TERMINAL):
+                    _drop_connection(request)
+                    return response
+                if sent:
+                    await self.pause(self.chunk_delay)
+                await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        except ConnectionError:
+            pass
+        return response
 
     async def _completions(self, request: web.Request, body: Any) -> web.StreamResponse:
         """Legacy ``/v1/completions``: the one streamed endpoint that is not chat."""
@@ -600,6 +643,361 @@ def _completion_chunks(
             yield {**head, "choices": [choice]}, finish is not None
     if include_usage:
         yield {**head, "choices": [], "usage": usage}, True
+
+
+# -- the Responses API -------------------------------------------------------------
+
+# Top-level parameters the Responses API takes; anything else is "Unknown parameter".
+_RESPONSES_PARAMS = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "stream",
+        "stream_options",
+        "background",
+        "context_management",
+        "conversation",
+        "include",
+        "max_output_tokens",
+        "max_tool_calls",
+        "metadata",
+        "parallel_tool_calls",
+        "previous_response_id",
+        "prompt",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "reasoning",
+        "safety_identifier",
+        "service_tier",
+        "store",
+        "temperature",
+        "text",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "truncation",
+        "user",
+    }
+)
+_USER_PARTS = frozenset({"input_text", "input_image", "input_file", "input_audio"})
+_ASSISTANT_PARTS = frozenset({"output_text", "refusal"})
+_RESPONSE_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def _bad(message: str, param: str | None = None, code: str | None = None) -> UpstreamError:
+    return UpstreamError(400, message, param=param, code=code)
+
+
+def _validate_responses_request(body: dict[str, Any]) -> None:
+    """Raise what the real API raises for unknown parameters and malformed input or tools."""
+    for name in body:
+        if name not in _RESPONSES_PARAMS:
+            raise _bad(f"Unknown parameter: '{name}'.", name, "unknown_parameter")
+    _require_model(body)
+    if body.get("previous_response_id") is not None:
+        raise _bad(
+            f"Previous response with id '{body['previous_response_id']}' not found.",
+            "previous_response_id",
+            "previous_response_not_found",
+        )
+    if "input" not in body:
+        raise _bad("Missing required parameter: 'input'.", "input", "missing_required_parameter")
+    raw = body["input"]
+    if not isinstance(raw, str | list):
+        raise _bad(_type_message("input", "a string or array", raw), "input", "invalid_type")
+    if isinstance(raw, list):
+        calls: set[str] = set()
+        for i, item in enumerate(raw):
+            _validate_input_item(item, f"input[{i}]", calls)
+    _validate_responses_tools(body.get("tools"))
+    limit = body.get("max_output_tokens")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 16):
+        raise _bad(
+            "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, "
+            f"but got {limit} instead.",
+            "max_output_tokens",
+            "integer_below_min_value",
+        )
+    fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and "name" not in fmt:
+        raise _bad(
+            "Missing required parameter: 'text.format.name'.",
+            "text.format.name",
+            "missing_required_parameter",
+        )
+
+
+def _validate_input_item(item: Any, where: str, calls: set[str]) -> None:
+    if not isinstance(item, dict):
+        raise _bad(_type_message(where, "an object", item), where, "invalid_type")
+    kind = item.get("type") or ("message" if "role" in item else None)
+    if kind == "message":
+        role = item.get("role")
+        if role not in ("user", "assistant", "system", "developer"):
+            raise _bad(
+                f"Invalid value: '{role}'. Supported values are: 'assistant', 'system', "
+                "'developer', and 'user'.",
+                f"{where}.role",
+                "invalid_value",
+            )
+        content = item.get("content")
+        if isinstance(content, list):
+            allowed = _ASSISTANT_PARTS if role == "assistant" else _USER_PARTS
+            for j, part in enumerate(content):
+                part_kind = part.get("type") if isinstance(part, dict) else None
+                if part_kind not in allowed:
+                    raise _bad(
+                        f"Invalid value: '{part_kind}'. Supported values are: "
+                        + " and ".join(f"'{a}'" for a in sorted(allowed))
+                        + ".",
+                        f"{where}.content[{j}]",
+                        "invalid_value",
+                    )
+        elif not isinstance(content, str):
+            raise _bad(
+                f"Missing required parameter: '{where}.content'.",
+                f"{where}.content",
+                "missing_required_parameter",
+            )
+    elif kind == "function_call":
+        for name in ("call_id", "name", "arguments"):
+            if not isinstance(item.get(name), str):
+                raise _bad(
+                    f"Missing required parameter: '{where}.{name}'.",
+                    f"{where}.{name}",
+                    "missing_required_parameter",
+                )
+        calls.add(item["call_id"])
+    elif kind == "function_call_output":
+        if item.get("call_id") not in calls:
+            raise _bad(
+                f"No tool call found for function call output with call_id {item.get('call_id')}.",
+                "input",
+            )
+        if not isinstance(item.get("output"), str | list):
+            raise _bad(
+                f"Missing required parameter: '{where}.output'.",
+                f"{where}.output",
+                "missing_required_parameter",
+            )
+    elif kind == "reasoning":
+        if not isinstance(item.get("summary"), list):
+            raise _bad(
+                f"Missing required parameter: '{where}.summary'.",
+                f"{where}.summary",
+                "missing_required_parameter",
+            )
+    elif kind == "item_reference":
+        raise _bad(f"Item with id '{item.get('id')}' not found.", "input")
+    else:
+        raise _bad(f"Invalid value: '{kind}'.", f"{where}.type", "invalid_value")
+
+
+def _validate_responses_tools(tools: Any) -> None:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise _bad(_type_message("tools", "an array", tools), "tools", "invalid_type")
+    for k, tool in enumerate(tools):
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            raise _bad(
+                f"Missing required parameter: 'tools[{k}].type'.",
+                f"tools[{k}].type",
+                "missing_required_parameter",
+            )
+        # A chat-shaped tool ({"type": "function", "function": {...}}) has no top-level name.
+        if tool["type"] == "function" and not isinstance(tool.get("name"), str):
+            raise _bad(
+                f"Missing required parameter: 'tools[{k}].name'.",
+                f"tools[{k}].name",
+                "missing_required_parameter",
+            )
+
+
+def _item_text(item: dict[str, Any]) -> str:
+    content = item.get("content") if "content" in item else item.get("output")
+    if isinstance(content, str):
+        return content
+    return " ".join(
+        str(p.get("text", "")) for p in content or [] if isinstance(p, dict) and "text" in p
+    )
+
+
+def _responses_answer(body: dict[str, Any], reply: str | None) -> dict[str, Any]:
+    """The whole ``response`` object the fake "model" gives for a validated request."""
+    raw = body["input"]
+    items = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
+    users = [i for i in items if (i.get("type") or "message") == "message" and i["role"] == "user"]
+    last = items[-1] if items else {}
+    question = _item_text(users[-1]) if users else ""
+    base = uuid.uuid4().hex[:24]
+    output: list[dict[str, Any]] = []
+    reasoning = body.get("reasoning") or {}
+    reasoning_tokens = 0
+    if reasoning.get("effort") not in (None, "none"):
+        item: dict[str, Any] = {"id": f"rs_{base}", "type": "reasoning", "summary": []}
+        if reasoning.get("summary"):
+            text = f"Thinking about: {question}"
+            item["summary"] = [{"type": "summary_text", "text": text}]
+        if "reasoning.encrypted_content" in (body.get("include") or []):
+            item["encrypted_content"] = base64.b64encode(f"sealed:{base}".encode()).decode()
+        reasoning_tokens = 8
+        output.append(item)
+    status, details = "completed", None
+    tool = _responses_tool(body, last)
+    if tool is not None:
+        arguments = json.loads(_tool_call(tool, question)["function"]["arguments"])
+        output.append(
+            {
+                "id": f"fc_{base}",
+                "type": "function_call",
+                "status": "completed",
+                "arguments": json.dumps(arguments),
+                "call_id": f"call_{base}",
+                "name": tool,
+            }
+        )
+    else:
+        if (last.get("type") or "") == "function_call_output":
+            text = f"The tool said: {_item_text(last)}"
+        else:
+            text = reply if reply is not None else f"Answer to: {question}"
+        turn = _truncate(text, body.get("max_output_tokens"))
+        if turn.finish_reason == "length":
+            status, details = "incomplete", {"reason": "max_output_tokens"}
+        output.append(
+            {
+                "id": f"msg_{base}",
+                "type": "message",
+                "status": status,
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "output_text",
+                        "text": turn.content or "",
+                        "annotations": [],
+                        "logprobs": [],
+                    }
+                ],
+            }
+        )
+    prompt = count_tokens(body.get("instructions") or "") + sum(
+        count_tokens(_item_text(i)) for i in items if "content" in i or "output" in i
+    )
+    completion = reasoning_tokens + sum(
+        count_tokens(i.get("arguments") or _item_text(i))
+        for i in output
+        if i["type"] != "reasoning"
+    )
+    return {
+        "id": f"resp_{base}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "background": False,
+        "error": None,
+        "incomplete_details": details,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": body["model"],
+        "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "previous_response_id": None,
+        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
+        "service_tier": "default",
+        "store": body.get("store", True),
+        "temperature": body.get("temperature", 1.0),
+        "text": body.get("text") or {"format": {"type": "text"}, "verbosity": "medium"},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "top_p": body.get("top_p", 1.0),
+        "truncation": body.get("truncation", "disabled"),
+        "usage": {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": completion,
+            "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+            "total_tokens": prompt + completion,
+        },
+        "user": body.get("user"),
+        "metadata": body.get("metadata") or {},
+    }
+
+
+def _responses_tool(body: dict[str, Any], last: dict[str, Any]) -> str | None:
+    """Like the chat fake: a user turn about weather, or a forcing tool_choice, calls a tool."""
+    functions = [t["name"] for t in body.get("tools") or [] if t["type"] == "function"]
+    choice = body.get("tool_choice", "auto")
+    if not functions or choice == "none" or last.get("role") != "user":
+        return None
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return str(choice["name"])
+    if choice == "required" or re.search(r"\bweather\b", _item_text(last), re.IGNORECASE):
+        return functions[0]
+    return None
+
+
+def _responses_events(response: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The real event sequence for ``response``: created, in_progress, each item with its
+    deltas, then response.completed (or .incomplete) carrying the whole object."""
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(kind: str, **fields: Any) -> None:
+        events.append((kind, {"type": kind, "sequence_number": len(events), **fields}))
+
+    head = {**response, "status": "in_progress", "output": [], "usage": None}
+    emit("response.created", response=head)
+    emit("response.in_progress", response=head)
+    for index, item in enumerate(response["output"]):
+        at = {"item_id": item["id"], "output_index": index}
+        if item["type"] == "message":
+            emit(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "content": []},
+            )
+            part = item["content"][0]
+            emit("response.content_part.added", **at, content_index=0, part={**part, "text": ""})
+            for piece in _pieces(part["text"]):
+                emit("response.output_text.delta", **at, content_index=0, delta=piece, logprobs=[])
+            emit("response.output_text.done", **at, content_index=0, text=part["text"], logprobs=[])
+            emit("response.content_part.done", **at, content_index=0, part=part)
+        elif item["type"] == "function_call":
+            emit(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
+            args = item["arguments"]
+            for i in range(0, len(args), 8):
+                emit("response.function_call_arguments.delta", **at, delta=args[i : i + 8])
+            emit("response.function_call_arguments.done", **at, name=item["name"], arguments=args)
+        else:
+            emit("response.output_item.added", output_index=index, item={**item, "summary": []})
+            for j, summary in enumerate(item["summary"]):
+                emit(
+                    "response.reasoning_summary_part.added",
+                    **at,
+                    summary_index=j,
+                    part={**summary, "text": ""},
+                )
+                for piece in _pieces(summary["text"]):
+                    emit(
+                        "response.reasoning_summary_text.delta", **at, summary_index=j, delta=piece
+                    )
+                emit(
+                    "response.reasoning_summary_text.done",
+                    **at,
+                    summary_index=j,
+                    text=summary["text"],
+                )
+                emit("response.reasoning_summary_part.done", **at, summary_index=j, part=summary)
+        emit("response.output_item.done", output_index=index, item=item)
+    terminal = "response.completed" if response["status"] == "completed" else "response.incomplete"
+    emit(terminal, response=response)
+    return events
 
 
 # -- request validation (messages mirror OpenAI's wording) ------------------------------
