@@ -773,10 +773,10 @@ def test_odd_error_bodies_and_kallm_errors() -> None:
 
 def test_usage_for_pricing_counts_cache_reads_and_writes_as_prompt() -> None:
     usage = native([])["usage"]  # 12 fresh, 2048 written, 4096 read, 87 out
-    assert m.usage_for_pricing(usage) == Usage(12 + 2048 + 4096, 87, 4096)
-    assert m.usage_for_pricing(None) == Usage()
+    assert Usage.from_anthropic(usage) == Usage(12 + 2048 + 4096, 87, 4096, 2048)
+    assert Usage.from_anthropic(None) == Usage()
     chat_usage = completion({"content": "x"})["usage"]
-    round_trip = m.usage_for_pricing(m.usage_from_chat(chat_usage))
+    round_trip = Usage.from_anthropic(m.usage_from_chat(chat_usage))
     assert round_trip == Usage.from_openai(chat_usage)
 
 

@@ -22,7 +22,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from kallm.accounts.pricing import Usage
 from kallm.dialects.common import (
     derived_id,
     fresh_id,
@@ -544,21 +543,6 @@ def usage_from_chat(usage: Any) -> dict[str, int]:
         "cache_read_input_tokens": cached,
         "output_tokens": _count(usage.get("completion_tokens")),
     }
-
-
-def usage_for_pricing(usage: Any) -> Usage:
-    """An Anthropic ``usage`` (from a message, or merged from a stream) as kallm's ``Usage``.
-
-    Anthropic's ``input_tokens`` excludes cache reads and cache writes; kallm's
-    ``prompt_tokens`` (like OpenAI's) includes them, with reads as ``cached_tokens``.
-    Cache writes count as fresh input: Anthropic bills them at 1.25x the input price
-    (2x for the 1-hour TTL), which ``Price`` has no rate for yet.
-    """
-    usage = usage if isinstance(usage, Mapping) else {}
-    read = _count(usage.get("cache_read_input_tokens"))
-    written = _count(usage.get("cache_creation_input_tokens"))
-    prompt = _count(usage.get("input_tokens")) + read + written
-    return Usage(prompt, _count(usage.get("output_tokens")), read)
 
 
 def _count(value: Any) -> int:

@@ -31,7 +31,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from kallm.accounts.pricing import Usage
 from kallm.dialects.common import (
     derived_id,
     image_part,
@@ -592,15 +591,6 @@ def usage_from_chat(usage: Any) -> dict[str, Any] | None:
         },
         "total_tokens": prompt + output,
     }
-
-
-def usage_for_pricing(usage: Any) -> Usage:
-    """A Responses ``usage`` as kallm's ``Usage``: ``input_tokens`` already includes the
-    cached ones, as chat's ``prompt_tokens`` does; reasoning tokens are output tokens."""
-    usage = usage if isinstance(usage, Mapping) else {}
-    details = usage.get("input_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
-    return Usage(_count(usage.get("input_tokens")), _count(usage.get("output_tokens")), cached)
 
 
 def _count(value: Any) -> int:

@@ -319,6 +319,18 @@ class ResponsesAssembler:
 # ---------------------------------------------------------------- replay
 
 
+def fresh_response(response: dict[str, Any]) -> dict[str, Any]:
+    """A copy with new ids for the response and its items and ``created_at`` now (function
+    call_ids stay: the client's outputs name them)."""
+    response = copy.deepcopy(response)
+    response["id"] = refreshed(response.get("id"), "resp_")
+    response["created_at"] = int(time.time())
+    for item in response.get("output") or []:
+        if isinstance(item, dict) and "id" in item:
+            item["id"] = refreshed(item["id"], "item_")
+    return response
+
+
 def replay_response_events(response: dict[str, Any], fresh_ids: bool = False) -> list[bytes]:
     """The event sequence that streams ``response``: created, in_progress, per item added /
     deltas / done, then the terminal event carrying the object.
@@ -327,13 +339,7 @@ def replay_response_events(response: dict[str, Any], fresh_ids: bool = False) ->
     (function call_ids stay: the client's outputs name them). Text is split into
     several deltas; annotations arrive with the finished part, not as their own events.
     """
-    response = copy.deepcopy(response)
-    if fresh_ids:
-        response["id"] = refreshed(response.get("id"), "resp_")
-        response["created_at"] = int(time.time())
-        for item in response.get("output") or []:
-            if "id" in item:
-                item["id"] = refreshed(item["id"], "item_")
+    response = fresh_response(response) if fresh_ids else copy.deepcopy(response)
     event = _Sequencer()
     head = {
         **response,

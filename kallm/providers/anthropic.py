@@ -381,7 +381,7 @@ def _usage(native: dict[str, Any]) -> dict[str, Any]:
     read = native.get("cache_read_input_tokens") or 0
     created = native.get("cache_creation_input_tokens") or 0
     prompt = (native.get("input_tokens") or 0) + read + created
-    return t.usage(prompt, native.get("output_tokens") or 0, cached=read)
+    return t.usage(prompt, native.get("output_tokens") or 0, cached=read, written=created)
 
 
 class StreamTranslator:

@@ -16,7 +16,7 @@ from kallm.providers.base import ChatCall, HttpCall, Provider
 from kallm.providers.sse import DONE, encode_chunk
 
 
-def _key(provider: Provider) -> str:
+def provider_key(provider: Provider) -> str:
     if provider.config.api_key:
         return provider.config.api_key
     raise AuthenticationError(
@@ -84,7 +84,7 @@ class AnthropicAdapter(_NativeAdapter):
         body = anthropic.build_request(call.payload, call.model, call.stream)
         return HttpCall(
             provider.url(anthropic.chat_path()),
-            anthropic.request_headers(_key(provider)),
+            anthropic.request_headers(provider_key(provider)),
             json.dumps(body).encode(),
         )
 
@@ -100,7 +100,7 @@ class GeminiAdapter(_NativeAdapter):
         body = gemini.build_request(call.payload, call.model)
         return HttpCall(
             provider.url(gemini.chat_path(call.model, call.stream)),
-            gemini.request_headers(_key(provider)),
+            gemini.request_headers(provider_key(provider)),
             json.dumps(body).encode(),
         )
 

@@ -131,7 +131,20 @@ class Router:
         return names + list(self.aliases)
 
     async def open_chat(self, routes: list[Route], call: ChatCall) -> Opened:
-        """Send along the routes until one answers 200 or every try is spent."""
+        """A chat call along the routes (each with its own model name)."""
+
+        async def send(route: Route) -> aiohttp.ClientResponse:
+            return await route.provider.open_chat(
+                ChatCall(call.payload, call.raw, route.model, call.stream, call.client_headers)
+            )
+
+        return await self.open_with(routes, send)
+
+    async def open_with(
+        self, routes: list[Route], send: Callable[[Route], Awaitable[aiohttp.ClientResponse]]
+    ) -> Opened:
+        """Send along the routes until one answers 200 or every try is spent; ``send``
+        makes the call a route needs (native, or translated for its provider's kind)."""
         attempts = 0
         last_error: KallmError | None = None
         for index, route in enumerate(routes):
@@ -141,11 +154,7 @@ class Router:
                 attempts += 1
                 final = is_last_route and attempt == tries - 1
                 try:
-                    response = await route.provider.open_chat(
-                        ChatCall(
-                            call.payload, call.raw, route.model, call.stream, call.client_headers
-                        )
-                    )
+                    response = await send(route)
                 except UpstreamError as exc:
                     last_error = exc
                     if final:

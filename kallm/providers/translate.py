@@ -82,13 +82,20 @@ def completion(
     return body
 
 
-def usage(prompt: int, completion_tokens: int, cached: int = 0, reasoning: int = 0) -> dict:
-    """OpenAI's usage object; cached tokens are part of ``prompt``, reasoning of completion."""
+def usage(
+    prompt: int, completion_tokens: int, cached: int = 0, reasoning: int = 0, written: int = 0
+) -> dict:
+    """OpenAI's usage object; cached (read) and cache-written tokens are part of ``prompt``,
+    reasoning of completion. ``cache_write_tokens`` is kallm's own detail (OpenAI has no
+    cache writes), kept so that translated Anthropic answers price their writes."""
+    details = {"cached_tokens": cached}
+    if written:
+        details["cache_write_tokens"] = written
     body: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached},
+        "prompt_tokens_details": details,
     }
     if reasoning:
         body["completion_tokens_details"] = {"reasoning_tokens": reasoning}

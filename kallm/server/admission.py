@@ -39,7 +39,7 @@ from kallm.server.connections import read_body
 from kallm.server.log import request_log
 from kallm.server.request import bearer_token, check_limits, check_model, json_object
 from kallm.server.request import parse_chat_request as parse_chat
-from kallm.server.routes import CHAT, Dialect, Group, RequestPath
+from kallm.server.routes import CHAT, COUNT_TOKENS, Dialect, Group, RequestPath
 from kallm.server.runtime import Runtime, runtime_of
 
 _PATH = web.RequestKey("kallm.path", RequestPath)
@@ -65,12 +65,14 @@ class Admission:
         assert self.payload is not None
         return str(self.payload["model"])
 
-    @property
-    def tenant(self) -> tuple[str, ...]:
-        """Who may share cached answers: the key's namespace, or the upstream credential."""
-        if self.key is not None:
-            return ("key", self.key.namespace or "")
-        return ("credential", self.credential)
+    def cache_tenant(self, sub: str = "", dialect: str = "") -> tuple[str, ...]:
+        """Who may share cached answers: the key's namespace (or, with auth off, the upstream
+        credential), then the dialect and the client's own sub-namespace, if any; as
+        a list of parts, never joined into one string that another choice could spell."""
+        tenant = ("key", self.key.namespace or "") if self.key else ("credential", self.credential)
+        if dialect:
+            tenant += ("dialect", dialect)
+        return tenant + (("sub", sub) if sub else ())
 
 
 _ADMISSION = web.RequestKey("kallm.admission", Admission)
@@ -175,6 +177,9 @@ async def _admit_model(runtime: Runtime, request: web.Request, admitted: Admissi
         return
     if not _allowed(runtime, key, model, admitted.routes):
         raise ModelNotAllowed(f"This key may not use the model '{model}'.", param="model")
+    if admitted.path.route is COUNT_TOKENS:  # counting tokens is free: nothing to reserve
+        admitted.estimate = Estimate(0, 0.0)
+        return
     if key.budget_usd is not None:
         for route in admitted.routes:
             if runtime.prices.price_of(route.model) is None:

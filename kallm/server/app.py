@@ -34,7 +34,7 @@ from kallm.embed import Embedder, create_embedder
 from kallm.errors import ConfigError, KallmError
 from kallm.metrics import Metrics
 from kallm.providers.router import Router
-from kallm.server import admin, chat, ops, passthrough
+from kallm.server import admin, chat, messages, ops, passthrough, responses
 from kallm.server.admission import admit
 from kallm.server.health import Health
 from kallm.server.loop import new_instance_id
@@ -94,6 +94,9 @@ def create_app(
 def _add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", passthrough.embeddings)
+    app.router.add_post("/v1/messages", messages.messages)
+    app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    app.router.add_post("/v1/responses", responses.responses)
     app.router.add_get("/v1/models", passthrough.models)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough.passthrough)
     app.router.add_get("/health", ops.health)

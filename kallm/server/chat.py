@@ -35,6 +35,7 @@ from kallm.server.log import RequestLog, request_log
 from kallm.server.passthrough import UsageTap
 from kallm.server.request import CacheControls
 from kallm.server.runtime import Runtime, runtime_of
+from kallm.server.upstream import Event, compact, event_stream, next_event, read_bounded
 
 CACHE_HEADER = "X-Kallm-Cache"
 PROVIDER_HEADER = "X-Kallm-Provider"
@@ -53,8 +54,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if runtime.settings.log_bodies:
         record.request_body = admitted.body.decode(errors="replace")
     controls = CacheControls.from_headers(request.headers)
-    tenant = admitted.tenant + (("sub", controls.namespace) if controls.namespace else ())
-    key = cache_key(payload, tenant)
+    key = cache_key(payload, admitted.cache_tenant(controls.namespace))
     await breathe(admitted.body)
     cache = runtime.semantic_cache
     if controls.lookup:
@@ -90,11 +90,11 @@ async def _serve_hit(
     record.usage = Usage.from_openai(completion.get("usage"))
     record.saved_usd = hit.entry.cost_usd
     if runtime.settings.log_bodies:
-        record.response_body = _compact(completion)
+        record.response_body = compact(completion)
     headers = {CACHE_HEADER: "HIT", SIMILARITY_HEADER: f"{hit.similarity:.4f}"}
     if payload.get("stream") is not True:
-        return web.json_response(completion, headers=headers, dumps=_compact)
-    response = _event_stream(headers)
+        return web.json_response(completion, headers=headers, dumps=compact)
+    response = event_stream(headers)
     await response.prepare(request)
     for event in replay_events(completion, _wants_usage(payload)):
         await response.write(event)
@@ -133,7 +133,7 @@ async def _relay(
                 return await _relay_whole(
                     request, runtime, opened.route, upstream, headers, store, started
                 )
-        response = _event_stream(headers)
+        response = event_stream(headers)
         await response.prepare(request)
         relay = provider.adapter.stream(payload["model"])
         assembler = StreamAssembler()
@@ -144,7 +144,7 @@ async def _relay(
             assembler.done = False
             record.note = "stream cut at the deadline (upstream.deadline)"
             error = UpstreamTimeout("the answer did not finish before the request's deadline")
-            await response.write(b"data: " + _compact(error.to_body()).encode() + b"\n\n")
+            await response.write(b"data: " + compact(error.to_body()).encode() + b"\n\n")
         finally:  # a client that left is billed too
             _price(runtime, record, opened.route, assembler, admitted)
     if assembler.done and assembler.complete:
@@ -171,7 +171,7 @@ async def _relay_whole(
     payload = admission(request).payload
     assert payload is not None
     with provider.errors():
-        data, whole = await _read_bounded(upstream, runtime.settings.max_answer_bytes)
+        data, whole = await read_bounded(upstream, runtime.settings.max_answer_bytes)
     record.upstream_seconds = time.perf_counter() - started
     if not whole:
         return await _relay_oversized(request, runtime, route, upstream, headers, data)
@@ -185,18 +185,6 @@ async def _relay_whole(
     if provider.kind != "openai":
         headers["Content-Type"] = "application/json"
     return web.Response(body=data, status=status, headers=headers)
-
-
-async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
-    """The answer read so far and whether that is all of it (reading stops past ``limit``)."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in upstream.content.iter_any():
-        parts.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return b"".join(parts), False
-    return b"".join(parts), True
 
 
 async def _relay_oversized(
@@ -267,7 +255,7 @@ async def _pump(
     client_wants_usage = _wants_usage(admission(request).payload or {})
     events = iter_events(upstream.content)
     try:
-        while (item := await _next_event(events, provider)) is not None:
+        while (item := await next_event(events, provider)) is not None:
             outs = relay.feed(*item)
             for out in outs:
                 await _forward(response, out, assembler, client_wants_usage, record, started)
@@ -283,22 +271,12 @@ async def _pump(
         record.note = f"stream broke: {message}"
         error = exc if isinstance(exc, KallmError) else UpstreamError(message)
         assembler.done = False
-        await response.write(b"data: " + _compact(error.to_body()).encode() + b"\n\n")
+        await response.write(b"data: " + compact(error.to_body()).encode() + b"\n\n")
         return
     finally:
         record.upstream_seconds = time.perf_counter() - started
     if not assembler.done:
         record.note = "stream ended without [DONE]"
-
-
-Event = tuple[bytes, str | None, bytes | None]
-
-
-async def _next_event(events: AsyncIterator[Event], provider: Provider) -> Event | None:
-    """The upstream's next event; its failures (and only its) become the provider's errors:
-    a client that leaves is not the upstream failing."""
-    with provider.errors():
-        return await anext(events, None)
 
 
 async def _drain_for_usage(
@@ -310,7 +288,7 @@ async def _drain_for_usage(
     """Read on, unrelayed, until the usage chunk comes (or ``DRAIN_SECONDS`` pass)."""
 
     async def read() -> None:
-        while assembler.usage is None and (item := await _next_event(events, provider)):
+        while assembler.usage is None and (item := await next_event(events, provider)):
             for out in relay.feed(*item):
                 payload = event_data(out)
                 if payload and payload != b"[DONE]":
@@ -372,7 +350,7 @@ async def _remember(
 ) -> None:
     """Store the answer if it is complete and wanted."""
     if body is None:
-        body = _compact(completion).encode()
+        body = compact(completion).encode()
     if runtime.settings.log_bodies:
         record.response_body = body.decode(errors="replace")
     choices = completion.get("choices")
@@ -391,17 +369,6 @@ async def _remember(
 # ---------------------------------------------------------------- helpers
 
 
-def _event_stream(headers: Any) -> web.StreamResponse:
-    response = web.StreamResponse(headers=headers)
-    response.content_type = "text/event-stream"
-    response.headers["Cache-Control"] = "no-cache"
-    return response
-
-
 def _wants_usage(payload: dict[str, Any]) -> bool:
     options = payload.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -17,7 +17,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
+from kallm.dialects.messages import error_from_kallm
 from kallm.errors import (
+    BudgetExceeded,
     KallmError,
     PayloadTooLarge,
     RequestError,
@@ -39,25 +41,16 @@ from kallm.server.runtime import Runtime, runtime_of
 
 log = logging.getLogger("kallm.server")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 
 
 def error_response(error: KallmError, dialect: Dialect = Dialect.OPENAI) -> web.Response:
     if dialect is Dialect.ANTHROPIC:
-        kind = _ANTHROPIC_TYPES.get(error.status, "api_error")
-        body = {"type": "error", "error": {"type": kind, "message": error.message}}
-    else:
-        body = error.to_body()
-    return web.json_response(body, status=error.status, headers=error.headers)
+        status, body = error_from_kallm(error)
+        headers = dict(error.headers)
+        if isinstance(error, BudgetExceeded):  # Anthropic's SDKs retry a 429 unless told not to
+            headers["x-should-retry"] = "false"
+        return web.json_response(body, status=status, headers=headers)
+    return web.json_response(error.to_body(), status=error.status, headers=error.headers)
 
 
 def request_id_of(headers: object) -> str:

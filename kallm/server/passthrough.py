@@ -128,11 +128,18 @@ async def relay(
     path: str,
     body: bytes | None,
     tap: UsageTap | None = None,
+    *,
+    headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
+    """Relay one call upstream and its answer back as it comes. ``headers`` replaces the
+    client's (and the credential choice) when the route builds its own."""
     runtime = runtime_of(request)
-    headers = forwardable(request.headers, frozenset({"authorization"}))
-    client: Any = {} if runtime.virtual_keys else request.headers  # never forward a virtual key
-    headers["Authorization"] = authorization(upstream, client)
+    if headers is None:
+        headers = forwardable(request.headers, frozenset({"authorization"}))
+        client: Any = {} if runtime.virtual_keys else request.headers  # a virtual key is ours
+        headers["Authorization"] = authorization(upstream, client)
+    else:
+        headers = {**headers, "Content-Type": "application/json"}
     if tap is not None:
         headers["Accept-Encoding"] = "identity"  # the tap reads the usage from plain bytes
     request_log(request).provider = upstream.name
