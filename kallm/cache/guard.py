@@ -8,23 +8,41 @@ the hit is refused when they differ in something that changes the answer:
 
     negation   a negation on one side only (not, no, never, n't, without...)
     numbers    the numbers differ as multisets (digits, number words, %, times, dates)
-    opposite   one side has one half of an opposing pair, the other the other half
+    opposite   one side has one half of an opposing pair, the other the other half,
+               or a particle changes the action (turn up / turn off, switch / switch off)
     roles      the same words, but a role marker (from, to, than...) points elsewhere
     subject    each side names a specific thing the other does not (Tokyo / Osaka)
+    question   one side asks why, the other does not (why do you need my ID / what do
+               you need to verify my ID): a reason is another answer than a procedure
+    detail     one side names a detail the other lacks: a qualifier such as a room,
+               a time of day, a date or period, a relation (living room speakers /
+               speakers), or a rare word such as a name or title with no close
+               counterpart (play Madonna / play Beyonce); see ``details.py``
+
+Before comparing, the wording is normalised so that spelling alone never refuses:
+number words and digits ("four" = "4"), plurals, articles and contractions.
 
 It reads text only, so it serves every embedder; data files in ``kallm/data``
-(``opposites.txt``, ``entities.txt``) are plain lists anyone can extend.
+(``opposites.txt``, ``entities.txt``, ``qualifiers.txt``) are plain lists anyone can
+extend.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
 
-_TOKEN = re.compile(r"\d+(?:[.,:]\d+)*(?:st|nd|rd|th)?%?|[a-z]+(?:\+\+|#|['’][a-z]+)?")
+from kallm.cache import details
+
+# every reason refusal_reason can give, in the order it checks them
+REASONS = ("negation", "numbers", "opposite", "roles", "subject", "question", "detail")
+_TOKEN = re.compile(
+    r"\d+(?:[.,:]\d+)*(?:st|nd|rd|th)?%?|[a-z]+&[a-z]+|[a-z]+(?:\+\+|#|['’][a-z]+)?"
+)
 NEGATIONS = frozenset(
     (
         "not no never without nobody nothing none neither nor cannot nowhere noone unable "
@@ -83,6 +101,29 @@ _MONTHS = {
 }
 _AMBIGUOUS_MONTHS = frozenset({"may", "march"})  # verbs too: dates only next to a number
 _PREFIXES = ("un", "dis", "non", "in", "im", "il", "ir", "de")
+# "the nineties" is "the 90s": a decade is a number (misspelt "fourties" included)
+_DECADES = {
+    w: str(10 * (i + 2))
+    for i, w in enumerate(
+        "twenties thirties forties fifties sixties seventies eighties nineties".split()
+    )
+} | {"fourties": "40", "ninties": "90"}
+# "want to send" / "how to convert": here "to" starts a verb, it marks no role
+_INFINITIVE_BEFORE = frozenset(
+    (
+        "want wants wanted wanna need needs needed like likes liked love would going trying "
+        "try tried able unable how where what when which whether ought supposed used decided "
+        "plan planning hope hoping wish order forgot remember have has had got time way easy "
+        "hard possible safe best"
+    ).split()
+)
+# verbs whose particle is the action: turn up / turn off, switch / switch off
+_PHRASAL_VERBS = frozenset("turn switch power shut crank dial dim".split())
+_PARTICLES = frozenset({"on", "off", "up", "down"})
+_PARTICLE_REACH = 4  # "turn the kitchen lights off": the particle may follow the object
+_NUMBER_WORDS = frozenset(
+    {*_UNITS, *_TENS, *_SCALES, *_ORDINALS, *_DECADES, "dozen", "first", "second"}
+)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -95,8 +136,12 @@ class Wording:
     content: frozenset[str]
     roles: dict[str, frozenset[str]]
     labels: tuple[str, ...]
-    entities: frozenset[str]
+    entities: Counter[str]  # a multiset: "movies ... movies" / "movies ... films" differ
     proper: frozenset[str]
+    words: dict[str, str]  # canonical content word -> as written, for the detail check
+    qualifiers: frozenset[str]
+    particles: Counter[str]
+    asks_why: bool
 
 
 @cache
@@ -143,6 +188,20 @@ def entity_names() -> frozenset[str]:
     return frozenset(_data_lines("entities.txt"))
 
 
+@cache
+def _entity_forms() -> dict[str, str]:
+    """Entity as written -> one form for all its spellings: "lights" -> "light" when both
+    are listed, so a plural on one side and the singular on the other is one subject."""
+    names = entity_names()
+    forms = {}
+    for name in names:
+        head, _, last = name.rpartition(" ")
+        single = details.canonical(last)
+        folded = f"{head} {single}" if head else single
+        forms[name] = folded if folded in names else name
+    return forms
+
+
 def _numbers(tokens: tuple[str, ...]) -> list[str]:
     """Numbers as canonical strings; a lone 1 is dropped since "a"/"an"/"one" all mean it."""
     found: list[str] = []
@@ -164,6 +223,8 @@ def _numbers(tokens: tuple[str, ...]) -> list[str]:
             found[-1] += "%"  # "25 percent" is "25%"
         elif token[0].isdigit():
             found.append(_canonical_digits(token))
+        elif token in _DECADES:
+            found.append(_DECADES[token])
         elif token in _ORDINALS:
             found.append(str(_ORDINALS[token]))
         elif token in _MONTHS and (token not in _AMBIGUOUS_MONTHS or _next_to_digit(tokens, i)):
@@ -219,6 +280,10 @@ def _normal(word: str) -> str:
 
 
 _SYMMETRIC = frozenset({"and", "or", "plus", "times", "&"})
+_PHRASE_ENDS = ROLE_MARKERS | frozenset(
+    "is are was were be been am do does did have has had will would can could should equal "
+    "equals what which who how".split()
+)
 
 
 def _role_filler(tokens: tuple[str, ...], start: int) -> str | None:
@@ -239,6 +304,8 @@ def _role_filler(tokens: tuple[str, ...], start: int) -> str | None:
 def _roles(tokens: tuple[str, ...]) -> dict[str, frozenset[str]]:
     roles: dict[str, set[str]] = {}
     for i, token in enumerate(tokens):
+        if token == "to" and i > 0 and tokens[i - 1] in _INFINITIVE_BEFORE:
+            continue
         if token in ROLE_MARKERS:
             filler = _role_filler(tokens, i + 1)
             if filler is not None:
@@ -251,7 +318,7 @@ def _roles_swapped(a: Wording, b: Wording) -> bool:
     (I/me), or one-letter labels change places (type A to type O)."""
     if a.content != b.content:
         return False
-    if any(b.roles[m] != words for m, words in a.roles.items() if m in b.roles):
+    if any(_moved(a, b, m) for m in a.roles.keys() & b.roles.keys()):
         return True
     if a.labels != b.labels and sorted(a.labels) == sorted(b.labels):
         return True
@@ -265,25 +332,51 @@ def _roles_swapped(a: Wording, b: Wording) -> bool:
     )
 
 
+def _moved(a: Wording, b: Wording, marker: str) -> bool:
+    """The words ``marker`` governs changed places across it: "from Boston to Denver" /
+    "from Denver to Boston", "celsius to fahrenheit" / "fahrenheit to celsius". Not a
+    reordering that keeps each word on its side ("add to my playlist X this tune" /
+    "add the tune to my X playlist")."""
+    gained, lost = b.roles[marker] - a.roles[marker], a.roles[marker] - b.roles[marker]
+    return bool(gained and lost) and (
+        any(_elsewhere(a, marker, word) for word in gained)
+        and any(_elsewhere(b, marker, word) for word in lost)
+    )
+
+
+def _elsewhere(w: Wording, marker: str, word: str) -> bool:
+    """``word`` stands outside the phrase ``marker`` opens in ``w``: before it, in another
+    marker's role, or past a verb that ends the phrase ("of 80 is 20": 20 is not of)."""
+    if any(word in words for m, words in w.roles.items() if m != marker):
+        return True
+    first = w.tokens.index(marker)
+    phrase_end = next(
+        (i for i in range(first + 1, len(w.tokens)) if w.tokens[i] in _PHRASE_ENDS),
+        len(w.tokens),
+    )
+    outside = w.tokens[:first] + w.tokens[phrase_end:]
+    return any(_normal(t) == word or t == word for t in outside)
+
+
 def _labels(text: str) -> tuple[str, ...]:
     """One-letter capitals that name things (blood type A, plan B), not "I" or a leading "A"."""
     return tuple(m.group(1) for m in re.finditer(r"(?<!^)\b([A-HJ-Z])\b", text.strip()))
 
 
-def _entities(tokens: tuple[str, ...]) -> frozenset[str]:
+def _entities(tokens: tuple[str, ...]) -> Counter[str]:
     """Named things, found as written or with a plural or possessive folded ("japan's")."""
-    names = entity_names()
-    found = set()
+    forms = _entity_forms()
+    found: Counter[str] = Counter()
     for size in (3, 2, 1):
         for i in range(len(tokens) - size + 1):
             phrase = " ".join(tokens[i : i + size])
-            if phrase in names:
-                found.add(phrase)
+            if phrase in forms:
+                found[forms[phrase]] += 1
             elif len(phrase) > 2 and phrase[-1] == "s":
                 folded = phrase[:-2] if phrase[-2] in "'’" else phrase[:-1]
-                if folded in names:
-                    found.add(folded)
-    return frozenset(found)
+                if folded in forms:
+                    found[forms[folded]] += 1
+    return found
 
 
 def _proper_nouns(text: str) -> frozenset[str]:
@@ -304,6 +397,7 @@ def wording(text: str) -> Wording:
         if t not in STOPWORDS and t not in NEGATIONS and not t[0].isdigit()
     )
     numbers = _numbers(tokens)
+    words = _detail_words(tokens)
     return Wording(
         tokens=tokens,
         negated=any(t in NEGATIONS for t in tokens),
@@ -313,7 +407,51 @@ def wording(text: str) -> Wording:
         labels=_labels(text),
         entities=_entities(tokens),
         proper=_proper_nouns(text),
+        words=words,
+        qualifiers=details.qualifiers(_canonical_words(tokens)),
+        particles=_particles(tokens),
+        asks_why="why" in tokens or _asks_how_come(tokens),
     )
+
+
+def _asks_how_come(tokens: tuple[str, ...]) -> bool:
+    return any(x == "how" and y == "come" for x, y in itertools.pairwise(tokens))
+
+
+def _canonical_words(tokens: tuple[str, ...]) -> tuple[str, ...]:
+    """Every token in one spelling, contractions spelt out ("what's" -> "what")."""
+    return tuple(details.canonical(w) for t in tokens for w in details.contraction_words(t))
+
+
+def _detail_words(tokens: tuple[str, ...]) -> dict[str, str]:
+    """Content words in one spelling -> as written; numbers, negations and function
+    words are left to their own checks."""
+    words: dict[str, str] = {}
+    for token in tokens:
+        for word in details.contraction_words(token):
+            if word in STOPWORDS or word in NEGATIONS or word in _NUMBER_WORDS:
+                continue
+            if not word or word[0].isdigit():
+                continue
+            form = details.canonical(word)
+            if form not in STOPWORDS:
+                words.setdefault(form, word)
+    return words
+
+
+def _particles(tokens: tuple[str, ...]) -> Counter[str]:
+    """The particle of each phrasal verb ("turn ... off" -> "off"; a bare "switch" -> "")."""
+    found: Counter[str] = Counter()
+    for i, token in enumerate(tokens):
+        if _normal(token) in _PHRASAL_VERBS or token in _PHRASAL_VERBS:
+            following = tokens[i + 1 : i + 1 + _PARTICLE_REACH]
+            found[next((t for t in following if t in _PARTICLES), "")] += 1
+    return found
+
+
+def _particle_flips(a: Wording, b: Wording) -> bool:
+    """Both sides use a phrasal verb, and its particles differ (turn up / turn off)."""
+    return bool(a.particles) and bool(b.particles) and a.particles != b.particles
 
 
 def _opposed(a: Wording, b: Wording) -> bool:
@@ -339,6 +477,10 @@ def _opposed(a: Wording, b: Wording) -> bool:
     return False
 
 
+def _distinct_counts(a: Counter[str], b: Counter[str]) -> bool:
+    return bool(a - b) and bool(b - a)
+
+
 def _distinct_on_both_sides(a: frozenset[str], b: frozenset[str]) -> bool:
     return bool(a - b) and bool(b - a)
 
@@ -351,14 +493,18 @@ def refusal_reason(query: str, candidate: str) -> str | None:
         return "negation"
     if a.numbers != b.numbers:
         return "numbers"
-    if opposed and a.negated == b.negated:
+    if (opposed or _particle_flips(a, b)) and a.negated == b.negated:
         return "opposite"
     if _roles_swapped(a, b):
         return "roles"
-    if _distinct_on_both_sides(a.entities, b.entities) or _distinct_on_both_sides(
+    if _distinct_counts(a.entities, b.entities) or _distinct_on_both_sides(
         a.proper - b.content, b.proper - a.content
     ):
         return "subject"
+    if a.asks_why != b.asks_why:
+        return "question"
+    if details.detail_differs(a.words, b.words, a.qualifiers, b.qualifiers, a.proper | b.proper):
+        return "detail"
     return None
 
 
