@@ -82,6 +82,7 @@ def close_words(a: str, b: str) -> bool:
     return va is not None and vb is not None and float(va @ vb) >= COUNTERPART_COSINE
 
 
+@lru_cache(maxsize=16384)
 def canonical(word: str) -> str:
     """One spelling per word: contraction and possessive tails off, plurals folded.
 
@@ -100,13 +101,13 @@ def canonical(word: str) -> str:
     return word
 
 
-def contraction_words(token: str) -> list[str]:
-    """A token with its contraction spelt out: "i'd" -> ["i", "would"], "it's" -> ["it"]."""
-    head, sep, tail = token.replace("’", "'").partition("'")
-    if not sep:
-        return [token]
+def contraction_words(token: str) -> tuple[str, ...]:
+    """A token with its contraction spelt out: "i'd" -> ("i", "would"), "it's" -> ("it",)."""
+    if "'" not in token and "’" not in token:
+        return (token,)
+    head, _, tail = token.replace("’", "'").partition("'")
     expanded = _CONTRACTIONS.get(tail)
-    return [head, expanded] if expanded else [head]
+    return (head, expanded) if expanded else (head,)
 
 
 @cache
@@ -126,14 +127,21 @@ def qualifier_phrases() -> dict[str, str]:
     return found
 
 
+@cache
+def _qualifier_starts() -> frozenset[str]:
+    return frozenset(p.split(" ", 1)[0] for p in qualifier_phrases() if " " in p)
+
+
 def qualifiers(words: tuple[str, ...]) -> frozenset[str]:
     """Qualifier phrases in canonical ``words`` (longest first, so "living room" wins
     over a lone "room" and "day after tomorrow" over "tomorrow")."""
-    phrases = qualifier_phrases()
+    phrases, starts = qualifier_phrases(), _qualifier_starts()
     found: set[str] = set()
     taken: set[int] = set()
     for size in (3, 2, 1):
         for i in range(len(words) - size + 1):
+            if size > 1 and words[i] not in starts:
+                continue
             span = range(i, i + size)
             phrase = " ".join(words[i : i + size])
             if phrase in phrases and taken.isdisjoint(span):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
@@ -101,6 +102,8 @@ _MONTHS = {
 }
 _AMBIGUOUS_MONTHS = frozenset({"may", "march"})  # verbs too: dates only next to a number
 _PREFIXES = ("un", "dis", "non", "in", "im", "il", "ir", "de")
+# a negating prefix before a word of four letters or more ("non" is also tried as "no"+"n...")
+_PREFIXED = re.compile(r"(un|dis|non|in|im|il|ir|de)([a-z']{4,})$")
 # "the nineties" is "the 90s": a decade is a number (misspelt "fourties" included)
 _DECADES = {
     w: str(10 * (i + 2))
@@ -119,11 +122,18 @@ _INFINITIVE_BEFORE = frozenset(
 )
 # verbs whose particle is the action: turn up / turn off, switch / switch off
 _PHRASAL_VERBS = frozenset("turn switch power shut crank dial dim".split())
+_PHRASAL_FORMS = frozenset(
+    form for verb in _PHRASAL_VERBS for form in (verb, verb + "s", verb + "ed", verb + "ing")
+) | {"shutting", "dimmed", "dimming", "powers"}
 _PARTICLES = frozenset({"on", "off", "up", "down"})
 _PARTICLE_REACH = 4  # "turn the kitchen lights off": the particle may follow the object
-_NUMBER_WORDS = frozenset(
-    {*_UNITS, *_TENS, *_SCALES, *_ORDINALS, *_DECADES, "dozen", "first", "second"}
+_NOT_DETAILS = (
+    STOPWORDS
+    | NEGATIONS
+    | frozenset({*_UNITS, *_TENS, *_SCALES, *_ORDINALS, *_DECADES, "dozen", "first", "second"})
 )
+_NOT_CONTENT = STOPWORDS | NEGATIONS
+_NUMBERISH = frozenset({*_UNITS, *_TENS, *_SCALES, *_ORDINALS, *_DECADES, *_MONTHS, "dozen"})
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -136,12 +146,15 @@ class Wording:
     content: frozenset[str]
     roles: dict[str, frozenset[str]]
     labels: tuple[str, ...]
-    entities: Counter[str]  # a multiset: "movies ... movies" / "movies ... films" differ
+    entities: frozenset[tuple[str, int]]  # a multiset: "movie ... movie" / "movie ... film"
     proper: frozenset[str]
     words: dict[str, str]  # canonical content word -> as written, for the detail check
     qualifiers: frozenset[str]
     particles: Counter[str]
     asks_why: bool
+    bases: frozenset[
+        tuple[str, int]
+    ]  # a multiset of the tokens as base forms of opposites.txt ("unlocked" -> "unlock")
 
 
 @cache
@@ -204,6 +217,8 @@ def _entity_forms() -> dict[str, str]:
 
 def _numbers(tokens: tuple[str, ...]) -> list[str]:
     """Numbers as canonical strings; a lone 1 is dropped since "a"/"an"/"one" all mean it."""
+    if _NUMBERISH.isdisjoint(tokens) and not any(t[0].isdigit() for t in tokens):
+        return []
     found: list[str] = []
     words: list[str] = []
 
@@ -267,6 +282,7 @@ def _number_from_words(words: list[str]) -> str:
     return str(total + current)
 
 
+@lru_cache(maxsize=16384)
 def _normal(word: str) -> str:
     """A light stem, so "museum's"/"museum", "hours"/"hour", "taking"/"take" match."""
     word = re.sub(r"['’]s$", "", word)
@@ -360,27 +376,46 @@ def _elsewhere(w: Wording, marker: str, word: str) -> bool:
 
 def _labels(text: str) -> tuple[str, ...]:
     """One-letter capitals that name things (blood type A, plan B), not "I" or a leading "A"."""
+    if text[1:] == text[1:].lower():
+        return ()
     return tuple(m.group(1) for m in re.finditer(r"(?<!^)\b([A-HJ-Z])\b", text.strip()))
 
 
-def _entities(tokens: tuple[str, ...]) -> Counter[str]:
-    """Named things, found as written or with a plural or possessive folded ("japan's")."""
-    forms = _entity_forms()
-    found: Counter[str] = Counter()
-    for size in (3, 2, 1):
-        for i in range(len(tokens) - size + 1):
-            phrase = " ".join(tokens[i : i + size])
-            if phrase in forms:
-                found[forms[phrase]] += 1
-            elif len(phrase) > 2 and phrase[-1] == "s":
-                folded = phrase[:-2] if phrase[-2] in "'’" else phrase[:-1]
-                if folded in forms:
-                    found[forms[folded]] += 1
+@cache
+def _entity_starts() -> frozenset[str]:
+    """First words of the entities of two or three words: no other word starts one."""
+    return frozenset(name.split(" ", 1)[0] for name in entity_names() if " " in name)
+
+
+def _entities(tokens: tuple[str, ...]) -> list[str]:
+    """Named things, found as written or with a plural or possessive folded ("japan's"),
+    as often as they occur."""
+    forms, starts = _entity_forms(), _entity_starts()
+    found = []
+    for i, token in enumerate(tokens):
+        name = forms.get(token) or _folded_entity(token, forms)
+        if name is not None:
+            found.append(name)
+        for n in (2, 3) if token in starts else ():
+            if i + n <= len(tokens):
+                phrase = " ".join(tokens[i : i + n])
+                name = forms.get(phrase) or _folded_entity(phrase, forms)
+                if name is not None:
+                    found.append(name)
     return found
+
+
+def _folded_entity(phrase: str, forms: dict[str, str]) -> str | None:
+    """The entity a plural or possessive names: "lamps" -> "lamp", "japan's" -> "japan"."""
+    if len(phrase) < 3 or phrase[-1] != "s":
+        return None
+    return forms.get(phrase[:-2] if phrase[-2] in "'’" else phrase[:-1])
 
 
 def _proper_nouns(text: str) -> frozenset[str]:
     """Capitalised words that do not start a sentence: names the user typed as names."""
+    if text[1:] == text[1:].lower():
+        return frozenset()
     found = set()
     for match in re.finditer(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+)\b", text.strip()):
         if match.group(1) != "I":
@@ -390,60 +425,76 @@ def _proper_nouns(text: str) -> frozenset[str]:
 
 @lru_cache(maxsize=4096)
 def wording(text: str) -> Wording:
-    tokens = tuple("not" if t.endswith(("n't", "n’t")) else t for t in _TOKEN.findall(text.lower()))
+    """What the guard reads in ``text``, parsed once (cached: a candidate is usually
+    compared again, and a query meets up to four candidates)."""
+    lowered = text.lower()
+    tokens = tuple(_TOKEN.findall(lowered))
+    if "n't" in lowered or "n’t" in lowered:
+        tokens = tuple("not" if t.endswith(("n't", "n’t")) else t for t in tokens)
     content = frozenset(
-        _normal(t)
-        for t in tokens
-        if t not in STOPWORDS and t not in NEGATIONS and not t[0].isdigit()
+        map(_normal, [t for t in tokens if t not in _NOT_CONTENT and not t[0].isdigit()])
     )
-    numbers = _numbers(tokens)
-    words = _detail_words(tokens)
+    spelt = _spelt_out(tokens) if "'" in lowered or "’" in lowered else tokens
+    forms = tuple(map(details.canonical, spelt))
     return Wording(
         tokens=tokens,
-        negated=any(t in NEGATIONS for t in tokens),
-        numbers=Counter(numbers),
+        negated=not NEGATIONS.isdisjoint(tokens),
+        numbers=Counter(_numbers(tokens)),
         content=content,
         roles=_roles(tokens),
         labels=_labels(text),
-        entities=_entities(tokens),
+        entities=_occurrences(_entities(tokens)),
         proper=_proper_nouns(text),
-        words=words,
-        qualifiers=details.qualifiers(_canonical_words(tokens)),
+        words=_detail_words(spelt, forms),
+        qualifiers=details.qualifiers(forms),
         particles=_particles(tokens),
         asks_why="why" in tokens or _asks_how_come(tokens),
+        bases=_occurrences(map(_opposites()[0].get, tokens, tokens)),
     )
+
+
+def _occurrences(items: Iterable[str]) -> frozenset[tuple[str, int]]:
+    """A multiset as a set of (item, how many times seen before), so that multiset
+    differences are plain set differences: "in ... in" / "in" differ by ("in", 1)."""
+    items = list(items)
+    if len(set(items)) == len(items):  # the usual case: no item twice
+        return frozenset(zip(items, itertools.repeat(0)))
+    seen: dict[str, int] = {}
+    found = []
+    for item in items:
+        count = seen.get(item, 0)
+        seen[item] = count + 1
+        found.append((item, count))
+    return frozenset(found)
 
 
 def _asks_how_come(tokens: tuple[str, ...]) -> bool:
     return any(x == "how" and y == "come" for x, y in itertools.pairwise(tokens))
 
 
-def _canonical_words(tokens: tuple[str, ...]) -> tuple[str, ...]:
-    """Every token in one spelling, contractions spelt out ("what's" -> "what")."""
-    return tuple(details.canonical(w) for t in tokens for w in details.contraction_words(t))
+def _spelt_out(tokens: tuple[str, ...]) -> tuple[str, ...]:
+    """The tokens with contractions spelt out ("i'd" -> "i", "would"; "what's" -> "what")."""
+    return tuple(w for t in tokens for w in details.contraction_words(t) if w)
 
 
-def _detail_words(tokens: tuple[str, ...]) -> dict[str, str]:
-    """Content words in one spelling -> as written; numbers, negations and function
-    words are left to their own checks."""
-    words: dict[str, str] = {}
-    for token in tokens:
-        for word in details.contraction_words(token):
-            if word in STOPWORDS or word in NEGATIONS or word in _NUMBER_WORDS:
-                continue
-            if not word or word[0].isdigit():
-                continue
-            form = details.canonical(word)
-            if form not in STOPWORDS:
-                words.setdefault(form, word)
-    return words
+def _detail_words(words: tuple[str, ...], forms: tuple[str, ...]) -> dict[str, str]:
+    """Content words in one spelling (``forms``) -> as written; numbers, negations and
+    function words are left to their own checks."""
+    found: dict[str, str] = {}
+    for word, form in zip(words, forms, strict=True):
+        if word in _NOT_DETAILS or form in STOPWORDS or word[0].isdigit():
+            continue
+        found.setdefault(form, word)
+    return found
 
 
 def _particles(tokens: tuple[str, ...]) -> Counter[str]:
     """The particle of each phrasal verb ("turn ... off" -> "off"; a bare "switch" -> "")."""
     found: Counter[str] = Counter()
+    if _PHRASAL_FORMS.isdisjoint(tokens):
+        return found
     for i, token in enumerate(tokens):
-        if _normal(token) in _PHRASAL_VERBS or token in _PHRASAL_VERBS:
+        if token in _PHRASAL_FORMS:
             following = tokens[i + 1 : i + 1 + _PARTICLE_REACH]
             found[next((t for t in following if t in _PARTICLES), "")] += 1
     return found
@@ -460,25 +511,25 @@ def _opposed(a: Wording, b: Wording) -> bool:
     Words are compared as base forms and as multisets, so "unlocked"/"unlock" is the
     same word, and "check-in ... in Rome" / "check-out ... in Rome" differ by one "in".
     """
-    base_of, opposed = _opposites()
-    counts_a = Counter(base_of.get(t, t) for t in a.tokens)
-    counts_b = Counter(base_of.get(t, t) for t in b.tokens)
-    only_a, only_b = set(counts_a - counts_b), set(counts_b - counts_a)
+    _, opposed = _opposites()
+    only_a = {word for word, _ in a.bases - b.bases}
+    only_b = {word for word, _ in b.bases - a.bases}
     if not only_a or not only_b:
         return False
     for word in only_a:
         opposites = opposed.get(word)
         if opposites and not opposites.isdisjoint(only_b):
             return True
-        for other in only_b:
-            longer, shorter = (word, other) if len(word) > len(other) else (other, word)
-            if len(shorter) >= 4 and any(longer == p + shorter for p in _PREFIXES):
-                return True
+    return _prefixed(only_a, only_b) or _prefixed(only_b, only_a)
+
+
+def _prefixed(words: set[str], others: set[str]) -> bool:
+    """A word of ``words`` is a word of ``others`` with a negating prefix (lock/unlock)."""
+    for word in words:
+        match = _PREFIXED.match(word)
+        if match and match.group(2) in others:
+            return True
     return False
-
-
-def _distinct_counts(a: Counter[str], b: Counter[str]) -> bool:
-    return bool(a - b) and bool(b - a)
 
 
 def _distinct_on_both_sides(a: frozenset[str], b: frozenset[str]) -> bool:
@@ -497,7 +548,7 @@ def refusal_reason(query: str, candidate: str) -> str | None:
         return "opposite"
     if _roles_swapped(a, b):
         return "roles"
-    if _distinct_counts(a.entities, b.entities) or _distinct_on_both_sides(
+    if _distinct_on_both_sides(a.entities, b.entities) or _distinct_on_both_sides(
         a.proper - b.content, b.proper - a.content
     ):
         return "subject"
