@@ -35,7 +35,7 @@ log = logging.getLogger("kallm.cache")
 
 # A content word ranked past this in the vocabulary (or not in it) names a specific
 # thing. Measured on Banking77 and SNIPS (README, "Cache quality, measured").
-RARE_RANK = 20000
+RARE_RANK = 9000
 # Word embeddings at least this close make a counterpart (spelling variants, synonyms).
 COUNTERPART_COSINE = 0.8
 _FIRST_WORD_ID = 1996  # BERT's vocabulary: whole words roughly by frequency from "the" on
@@ -150,21 +150,42 @@ def qualifiers(words: tuple[str, ...]) -> frozenset[str]:
     return frozenset(found)
 
 
-def joined_pairs(words: Iterable[str]) -> frozenset[str]:
+def joined_pairs(words: Iterable[str]) -> dict[str, tuple[str, str]]:
     """Each two neighbouring words written as one ("groove", "shark" -> "grooveshark")."""
-    seq = list(words)
-    return frozenset(x + y for x, y in itertools.pairwise(seq))
+    return {x + y: (x, y) for x, y in itertools.pairwise(words)}
 
 
 def _specific(word: str, raw: str, proper: frozenset[str]) -> bool:
     """A name rather than a word: written as a name mid-sentence, or rare in English."""
-    return raw in proper or word in proper or min(word_rank(raw), word_rank(word)) > RARE_RANK
+    return raw in proper or word in proper or commonest_rank(raw, word) > RARE_RANK
 
 
-def _unmatched(
-    mine: dict[str, str], theirs: dict[str, str], their_joined: frozenset[str]
-) -> dict[str, str]:
-    return {w: raw for w, raw in mine.items() if w not in theirs and w not in their_joined}
+@lru_cache(maxsize=16384)
+def commonest_rank(raw: str, word: str) -> int:
+    """The rank of the most common form of a word: "hotter" is as common as "hot",
+    "quickest" as "quick", "safely" as "safe" (the vocabulary lists few inflections)."""
+    forms = {raw, word}
+    for suffix in ("est", "er", "ly", "ed", "ing"):
+        if raw.endswith(suffix) and len(raw) - len(suffix) >= 3:
+            stem = raw[: -len(suffix)]
+            forms |= {stem, stem + "e"}
+            if len(stem) > 3 and stem[-1] == stem[-2]:  # hotter -> hot, planned -> plan
+                forms.add(stem[:-1])
+            if stem.endswith("i"):  # happier -> happy, easily -> easy
+                forms.add(stem[:-1] + "y")
+    return min(word_rank(form) for form in forms)
+
+
+def _unmatched(mine: dict[str, str], theirs: dict[str, str]) -> dict[str, str]:
+    """The words of ``mine`` that ``theirs`` lacks, written together or apart
+    ("grooveshark" / "groove shark" match both ways)."""
+    their_joined, my_joined = joined_pairs(theirs), joined_pairs(mine)
+    split_up = {part for joined, parts in my_joined.items() if joined in theirs for part in parts}
+    return {
+        w: raw
+        for w, raw in mine.items()
+        if w not in theirs and w not in their_joined and w not in split_up
+    }
 
 
 def _without_counterparts(side: dict[str, str], other: dict[str, str]) -> dict[str, str]:
@@ -193,8 +214,7 @@ def detail_differs(
     """
     if a_qualifiers != b_qualifiers:
         return True
-    only_a = _unmatched(a_words, b_words, joined_pairs(b_words))
-    only_b = _unmatched(b_words, a_words, joined_pairs(a_words))
+    only_a, only_b = _unmatched(a_words, b_words), _unmatched(b_words, a_words)
     only_a, only_b = (
         _without_counterparts(only_a, only_b),
         _without_counterparts(only_b, only_a),

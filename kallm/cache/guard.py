@@ -46,7 +46,7 @@ _TOKEN = re.compile(
 )
 NEGATIONS = frozenset(
     (
-        "not no never without nobody nothing none neither nor cannot nowhere noone unable "
+        "not no non never without nobody nothing none neither nor cannot nowhere noone unable "
         "isnt dont doesnt didnt cant wont wouldnt shouldnt couldnt arent wasnt werent "
         "havent hasnt hadnt aint"
     ).split()
@@ -100,6 +100,7 @@ _MONTHS = {
         ).split()
     )
 }
+_MONEY_ONE = re.compile(r"([$£€¥])\s?1(?![\d.,])")
 _AMBIGUOUS_MONTHS = frozenset({"may", "march"})  # verbs too: dates only next to a number
 _PREFIXES = ("un", "dis", "non", "in", "im", "il", "ir", "de")
 # a negating prefix before a word of four letters or more ("non" is also tried as "no"+"n...")
@@ -151,7 +152,7 @@ class Wording:
     words: dict[str, str]  # canonical content word -> as written, for the detail check
     qualifiers: frozenset[str]
     particles: Counter[str]
-    asks_why: bool
+    asks: str  # "why", "amount" (how much / how many), "how", "" (see _question)
     bases: frozenset[
         tuple[str, int]
     ]  # a multiset of the tokens as base forms of opposites.txt ("unlocked" -> "unlock")
@@ -246,6 +247,13 @@ def _numbers(tokens: tuple[str, ...]) -> list[str]:
             found.append(f"month{_MONTHS[token]}")
     flush()
     return [n for n in found if n != "1"]
+
+
+def _money_ones(text: str) -> Counter[str]:
+    """ "$1" is an amount, not the "one" that "a"/"an" also say, so it is kept."""
+    if "1" not in text:
+        return Counter()
+    return Counter(f"{m.group(1)}1" for m in _MONEY_ONE.finditer(text))
 
 
 def _next_to_digit(tokens: tuple[str, ...], i: int) -> bool:
@@ -412,12 +420,16 @@ def _folded_entity(phrase: str, forms: dict[str, str]) -> str | None:
     return forms.get(phrase[:-2] if phrase[-2] in "'’" else phrase[:-1])
 
 
+# a capitalised word, or an acronym (UK, AMC), that does not start a sentence
+_PROPER = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+|[A-Z]{2,5})\b")
+
+
 def _proper_nouns(text: str) -> frozenset[str]:
     """Capitalised words that do not start a sentence: names the user typed as names."""
     if text[1:] == text[1:].lower():
         return frozenset()
     found = set()
-    for match in re.finditer(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+)\b", text.strip()):
+    for match in _PROPER.finditer(text.strip()):
         if match.group(1) != "I":
             found.add(match.group(1).lower())
     return frozenset(found)
@@ -439,7 +451,7 @@ def wording(text: str) -> Wording:
     return Wording(
         tokens=tokens,
         negated=not NEGATIONS.isdisjoint(tokens),
-        numbers=Counter(_numbers(tokens)),
+        numbers=Counter(_numbers(tokens)) + _money_ones(text),
         content=content,
         roles=_roles(tokens),
         labels=_labels(text),
@@ -448,7 +460,7 @@ def wording(text: str) -> Wording:
         words=_detail_words(spelt, forms),
         qualifiers=details.qualifiers(forms),
         particles=_particles(tokens),
-        asks_why="why" in tokens or _asks_how_come(tokens),
+        asks=_question(tokens),
         bases=_occurrences(map(_opposites()[0].get, tokens, tokens)),
     )
 
@@ -468,8 +480,27 @@ def _occurrences(items: Iterable[str]) -> frozenset[tuple[str, int]]:
     return frozenset(found)
 
 
-def _asks_how_come(tokens: tuple[str, ...]) -> bool:
-    return any(x == "how" and y == "come" for x, y in itertools.pairwise(tokens))
+def _question(tokens: tuple[str, ...]) -> str:
+    """What kind of answer is asked for, where the kind changes the answer: a reason
+    ("why", "how come"), an amount ("how much", "how many") or a way ("how do I",
+    "how to"); "" for everything else (what, when, yes/no, commands)."""
+    if "why" in tokens:
+        return "why"
+    for word, after in itertools.pairwise((*tokens, "")):
+        if word == "how":
+            if after == "come":
+                return "why"
+            return "amount" if after in ("much", "many") else "how"
+    return ""
+
+
+def _questions_differ(a: Wording, b: Wording) -> bool:
+    """One side asks why and the other does not, or one asks how much and the other how:
+    "what do you need to verify my identity" / "why do you need to verify my identity",
+    "how can I top up" / "how much can I top up"."""
+    if (a.asks == "why") != (b.asks == "why"):
+        return True
+    return {a.asks, b.asks} == {"how", "amount"}
 
 
 def _spelt_out(tokens: tuple[str, ...]) -> tuple[str, ...]:
@@ -552,7 +583,7 @@ def refusal_reason(query: str, candidate: str) -> str | None:
         a.proper - b.content, b.proper - a.content
     ):
         return "subject"
-    if a.asks_why != b.asks_why:
+    if _questions_differ(a, b):
         return "question"
     if details.detail_differs(a.words, b.words, a.qualifiers, b.qualifiers, a.proper | b.proper):
         return "detail"
