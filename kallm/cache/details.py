@@ -136,6 +136,8 @@ def qualifiers(words: tuple[str, ...]) -> frozenset[str]:
     """Qualifier phrases in canonical ``words`` (longest first, so "living room" wins
     over a lone "room" and "day after tomorrow" over "tomorrow")."""
     phrases, starts = qualifier_phrases(), _qualifier_starts()
+    if starts.isdisjoint(words):
+        return frozenset(phrases.keys() & set(words))
     found: set[str] = set()
     taken: set[int] = set()
     for size in (3, 2, 1):

@@ -100,6 +100,7 @@ _MONTHS = {
         ).split()
     )
 }
+_DIGIT = re.compile(r"\d")
 _MONEY_ONE = re.compile(r"([$£€¥])\s?1(?![\d.,])")
 _AMBIGUOUS_MONTHS = frozenset({"may", "march"})  # verbs too: dates only next to a number
 _PREFIXES = ("un", "dis", "non", "in", "im", "il", "ir", "de")
@@ -213,12 +214,18 @@ def _entity_forms() -> dict[str, str]:
         single = details.canonical(last)
         folded = f"{head} {single}" if head else single
         forms[name] = folded if folded in names else name
+    for name in names:  # "japans", "japan's": a plural or possessive names the entity too
+        if len(name) > 1:
+            for tail in ("s", "'s", "’s"):
+                forms.setdefault(name + tail, forms[name])
     return forms
 
 
 def _numbers(tokens: tuple[str, ...]) -> list[str]:
     """Numbers as canonical strings; a lone 1 is dropped since "a"/"an"/"one" all mean it."""
-    if _NUMBERISH.isdisjoint(tokens) and not any(t[0].isdigit() for t in tokens):
+    if _NUMBERISH.isdisjoint(tokens) and not any(
+        d in token for token in tokens for d in "0123456789"
+    ):
         return []
     found: list[str] = []
     words: list[str] = []
@@ -249,11 +256,15 @@ def _numbers(tokens: tuple[str, ...]) -> list[str]:
     return [n for n in found if n != "1"]
 
 
-def _money_ones(text: str) -> Counter[str]:
-    """ "$1" is an amount, not the "one" that "a"/"an" also say, so it is kept."""
-    if "1" not in text:
+def _all_numbers(tokens: tuple[str, ...], text: str) -> Counter[str]:
+    """The numbers, with "$1" kept: an amount, not the "one" that "a"/"an" also say."""
+    has_digit = _DIGIT.search(text) is not None
+    if not has_digit and _NUMBERISH.isdisjoint(tokens):
         return Counter()
-    return Counter(f"{m.group(1)}1" for m in _MONEY_ONE.finditer(text))
+    found = Counter(_numbers(tokens))
+    if "1" in text:
+        found.update(f"{m.group(1)}1" for m in _MONEY_ONE.finditer(text))
+    return found
 
 
 def _next_to_digit(tokens: tuple[str, ...], i: int) -> bool:
@@ -399,25 +410,16 @@ def _entities(tokens: tuple[str, ...]) -> list[str]:
     """Named things, found as written or with a plural or possessive folded ("japan's"),
     as often as they occur."""
     forms, starts = _entity_forms(), _entity_starts()
-    found = []
+    found = [forms[t] for t in tokens if t in forms]
+    if starts.isdisjoint(tokens):
+        return found
     for i, token in enumerate(tokens):
-        name = forms.get(token) or _folded_entity(token, forms)
-        if name is not None:
-            found.append(name)
         for n in (2, 3) if token in starts else ():
             if i + n <= len(tokens):
-                phrase = " ".join(tokens[i : i + n])
-                name = forms.get(phrase) or _folded_entity(phrase, forms)
+                name = forms.get(" ".join(tokens[i : i + n]))
                 if name is not None:
                     found.append(name)
     return found
-
-
-def _folded_entity(phrase: str, forms: dict[str, str]) -> str | None:
-    """The entity a plural or possessive names: "lamps" -> "lamp", "japan's" -> "japan"."""
-    if len(phrase) < 3 or phrase[-1] != "s":
-        return None
-    return forms.get(phrase[:-2] if phrase[-2] in "'’" else phrase[:-1])
 
 
 # a capitalised word, or an acronym (UK, AMC), that does not start a sentence
@@ -451,7 +453,7 @@ def wording(text: str) -> Wording:
     return Wording(
         tokens=tokens,
         negated=not NEGATIONS.isdisjoint(tokens),
-        numbers=Counter(_numbers(tokens)) + _money_ones(text),
+        numbers=_all_numbers(tokens, text),
         content=content,
         roles=_roles(tokens),
         labels=_labels(text),
