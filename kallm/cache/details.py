@@ -112,18 +112,18 @@ def contraction_words(token: str) -> tuple[str, ...]:
 
 @cache
 def qualifier_phrases() -> dict[str, str]:
-    """Qualifier phrase (canonical words) -> its category, from qualifiers.txt."""
+    """Qualifier phrase (canonical words) -> the qualifier it names (its first alias),
+    from qualifiers.txt."""
     from importlib import resources
 
     text = resources.files("kallm.data").joinpath("qualifiers.txt").read_text(encoding="utf-8")
     found: dict[str, str] = {}
-    category = ""
     for line in text.splitlines():
         line = line.strip().lower()
-        if line.startswith("#"):
-            category = line.lstrip("# ").split(" (")[0] if line != "#" else category
-        elif line:
-            found[" ".join(canonical(w) for w in line.split())] = category
+        if line and not line.startswith("#"):
+            aliases = [" ".join(canonical(w) for w in alias.split()) for alias in line.split("|")]
+            for alias in aliases:
+                found[alias] = aliases[0]
     return found
 
 
@@ -137,7 +137,7 @@ def qualifiers(words: tuple[str, ...]) -> frozenset[str]:
     over a lone "room" and "day after tomorrow" over "tomorrow")."""
     phrases, starts = qualifier_phrases(), _qualifier_starts()
     if starts.isdisjoint(words):
-        return frozenset(phrases.keys() & set(words))
+        return frozenset(phrases[w] for w in phrases.keys() & set(words))
     found: set[str] = set()
     taken: set[int] = set()
     for size in (3, 2, 1):
@@ -147,7 +147,7 @@ def qualifiers(words: tuple[str, ...]) -> frozenset[str]:
             span = range(i, i + size)
             phrase = " ".join(words[i : i + size])
             if phrase in phrases and taken.isdisjoint(span):
-                found.add(phrase)
+                found.add(phrases[phrase])
                 taken.update(span)
     return frozenset(found)
 

@@ -123,6 +123,7 @@ _INFINITIVE_BEFORE = frozenset(
     ).split()
 )
 # verbs whose particle is the action: turn up / turn off, switch / switch off
+_WH = frozenset({"what", "whats", "what's", "when", "where", "which", "who", "whom", "whose"})
 _PHRASAL_VERBS = frozenset("turn switch power shut crank dial dim".split())
 _PHRASAL_FORMS = frozenset(
     form for verb in _PHRASAL_VERBS for form in (verb, verb + "s", verb + "ed", verb + "ing")
@@ -153,7 +154,7 @@ class Wording:
     words: dict[str, str]  # canonical content word -> as written, for the detail check
     qualifiers: frozenset[str]
     particles: Counter[str]
-    asks: str  # "why", "amount" (how much / how many), "how", "" (see _question)
+    asks: str  # "why", "amount" (how much / many), "how", "wh", "" (see _question)
     bases: frozenset[
         tuple[str, int]
     ]  # a multiset of the tokens as base forms of opposites.txt ("unlocked" -> "unlock")
@@ -214,6 +215,9 @@ def _entity_forms() -> dict[str, str]:
         single = details.canonical(last)
         folded = f"{head} {single}" if head else single
         forms[name] = folded if folded in names else name
+        joined = folded.replace(" ", "")
+        if head and joined in names:  # "master card" is "mastercard"
+            forms[name] = joined
     for name in names:  # "japans", "japan's": a plural or possessive names the entity too
         if len(name) > 1:
             for tail in ("s", "'s", "’s"):
@@ -484,8 +488,9 @@ def _occurrences(items: Iterable[str]) -> frozenset[tuple[str, int]]:
 
 def _question(tokens: tuple[str, ...]) -> str:
     """What kind of answer is asked for, where the kind changes the answer: a reason
-    ("why", "how come"), an amount ("how much", "how many") or a way ("how do I",
-    "how to"); "" for everything else (what, when, yes/no, commands)."""
+    ("why", "how come"), an amount ("how much", "how many"), a way ("how do I", "how
+    to"), another wh-question ("wh": what, when, where, which, who); "" for statements,
+    yes/no questions and commands."""
     if "why" in tokens:
         return "why"
     for word, after in itertools.pairwise((*tokens, "")):
@@ -493,16 +498,21 @@ def _question(tokens: tuple[str, ...]) -> str:
             if after == "come":
                 return "why"
             return "amount" if after in ("much", "many") else "how"
+        if word in _WH:
+            return "wh"
     return ""
 
 
 def _questions_differ(a: Wording, b: Wording) -> bool:
-    """One side asks why and the other does not, or one asks how much and the other how:
-    "what do you need to verify my identity" / "why do you need to verify my identity",
-    "how can I top up" / "how much can I top up"."""
-    if (a.asks == "why") != (b.asks == "why"):
-        return True
-    return {a.asks, b.asks} == {"how", "amount"}
+    """Both sides ask, but for another kind of answer: a reason against a fact or a way
+    ("why do you need to verify my identity" / "what do you need to verify my identity"),
+    an amount against a way ("how much can I top up" / "how can I top up"). A statement
+    and a why-question about the same problem ("my card was declined" / "why was my card
+    declined") ask the same thing, so a side that does not ask never differs."""
+    kinds = {a.asks, b.asks}
+    if "" in kinds or len(kinds) == 1:
+        return False
+    return "why" in kinds or kinds == {"how", "amount"}
 
 
 def _spelt_out(tokens: tuple[str, ...]) -> tuple[str, ...]:
