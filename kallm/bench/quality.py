@@ -256,10 +256,10 @@ def normal_value(value: str) -> str:
         if word in _ARTICLES:
             continue
         word = _NUMBER_WORDS.get(word, word)
-        if len(word) > 4 and word.endswith("ies"):
-            word = word[:-3] + "y"
-        elif len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
             word = word[:-1]
+        if len(word) > 3 and word.endswith("ie"):  # stories/story, movies/movie alike
+            word = word[:-2] + "y"
         words.append(word)
     return " ".join(words)
 

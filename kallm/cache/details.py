@@ -87,17 +87,18 @@ def canonical(word: str) -> str:
     """One spelling per word: contraction and possessive tails off, plurals folded.
 
     "what's" -> "what", "museum's" -> "museum", "stories" -> "story", "boxes" -> "box",
-    "speakers" -> "speaker"; words ending in -ss, -us, -is keep their s.
+    "speakers" -> "speaker"; words ending in -ss, -us, -is keep their s; a final "ie" is
+    written "y" so "movie" and "movies" (-> "movy") meet as "story" and "stories" do.
     """
     word = word.replace("’", "'")
     if "'" in word:
         word = word.split("'", 1)[0]
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
     if len(word) > 4 and word.endswith(("ches", "shes", "sses", "xes", "zes")):
         return word[:-2]
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
+        word = word[:-1]
+    if len(word) > 3 and word.endswith("ie"):  # "stories"/"story", "movies"/"movie" alike
+        return word[:-2] + "y"
     return word
 
 
