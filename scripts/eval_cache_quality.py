@@ -1,16 +1,25 @@
 #!/usr/bin/env python3
 """How often the cache answers a paraphrase, and how often it answers wrongly.
 
-Runs the Banking77 data (../shared/eval, CC BY 4.0, Casanueva et al. 2020) through
-kallm's own SemanticCache (scope, exact tier, embedder, index, hit guard), the
-same code the server calls:
-- cache simulation: fill the cache with the `cache` split, ask it each `traffic`
-  query; a hit is correct when the entry has the same intent;
-- novel traffic: ask again with every cached query of the asker's intent removed,
-  so every hit is wrong — what users see for questions the cache has never seen;
-- pairs: store text_a, ask text_b, per labelled pair.
-Reports hit rate, precision of hits, wrong hits per request and novel false hits
-per threshold, with and without the guard, and a cross-fitted threshold choice.
+Runs two labelled sets from ../shared/eval through kallm's own SemanticCache (scope,
+exact tier, embedder, index, hit guard), the code the server calls, with the
+simulation in ``kallm.bench.quality``:
+
+- Banking77 (CC BY 4.0, Casanueva et al. 2020): 10,003 queries fill the cache, 3,080
+  ask it; a hit is right when the entry has the asker's intent. Novel traffic: the
+  same queries with every cached query of the asker's intent taken out first, so every
+  hit is wrong: what users see for questions the cache has never seen.
+- SNIPS (CC0, Coucke et al. 2018): 10,182 voice-assistant requests fill the cache,
+  3,395 ask it; a hit is right in detail when intent and details (slots: artist, city,
+  time range, rating...) match, exactly and normalised (number words, plurals,
+  articles, contractions).
+
+Reports per threshold, guard on and off; a threshold chosen by cross-fitting (pick on
+one random half of the traffic, report on the other half) on both sets (the highest
+hit rate with SNIPS detail precision (normalised) >= 97% and Banking77 precision >= 97%
+and novel false hits <= 1%) and on the Banking77 bars alone; per half, the thresholds
+near that choice; the guard's refusals by reason with a sample to judge and every wrong
+hit to read, at the default and at the choice; and the guard's cost per hit.
 
     python scripts/eval_cache_quality.py [--embedder local] [--json out.json]
 """
@@ -22,8 +31,7 @@ import asyncio
 import json
 import random
 import sys
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,180 +40,82 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kallm.cache.guard import hit_guard
-from kallm.cache.scope import cache_key
-from kallm.cache.semantic import Lookup, SemanticCache
-from kallm.cache.store import MemoryBackend
+from kallm.bench.quality import (
+    Query,
+    Served,
+    read_traffic,
+    refusals,
+    score_traffic,
+    simulate,
+    wrong_hits,
+)
+from kallm.cache import guard as guard_module
 from kallm.embed import local_embedder
 
 EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
 THRESHOLDS = [round(0.80 + 0.01 * i, 2) for i in range(20)]
 TARGET_PRECISION, TARGET_NOVEL = 0.97, 0.01
-console = Console()
+console = Console(width=160)
 
 
-def request(text: str) -> dict[str, Any]:
-    return {"model": "eval", "messages": [{"role": "user", "content": text}]}
+class Run:
+    """One data set through the cache at every threshold (and, for Banking77, novel)."""
+
+    def __init__(self, name: str, queries: list[Query], served: list[Served], novel=None):
+        self.name = name
+        self.queries = queries
+        self.served = served
+        self.novel: list[Served] | None = novel
+        self.size = len(served)
+
+    def score(self, threshold: float, only: list[int] | None = None) -> dict[str, Any]:
+        return score_traffic(self.queries, self.served, threshold, self.novel, only)
+
+    def halves(self) -> list[list[int]]:
+        order = list(range(self.size))
+        random.Random(77).shuffle(order)
+        return [sorted(order[: self.size // 2]), sorted(order[self.size // 2 :])]
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+async def run_set(embedder: Any, name: str, path: Path, guard: bool, novel: bool) -> Run:
+    queries = read_traffic(path)
+    served = await simulate(queries, embedder, THRESHOLDS[0], guard)
+    unseen = await simulate(queries, embedder, THRESHOLDS[0], guard, novel=True) if novel else None
+    return Run(name, queries, served, unseen)
 
 
-@dataclass
-class Outcome:
-    """What one query got at one threshold: the intent of the entry served, or None."""
-
-    served: dict[float, str | None] = field(default_factory=dict)
-    refused: dict[float, tuple[str, str, float] | None] = field(default_factory=dict)
-
-
-async def ask_all(
-    cache: SemanticCache,
-    queries: list[dict[str, Any]],
-    intent_of: dict[str, str],
-    use_guard: bool,
-) -> list[Outcome]:
-    outcomes = []
-    for query in queries:
-        outcome = Outcome()
-        key = cache_key(request(query["text"]))
-        for threshold in THRESHOLDS:
-            result = await cache.lookup(key, threshold=threshold, use_guard=use_guard)
-            hit = result.hit
-            outcome.served[threshold] = intent_of[hit.entry.text] if hit else None
-            refusal = result.refusal
-            outcome.refused[threshold] = (
-                (refusal.candidate, refusal.reason, refusal.similarity) if refusal else None
-            )
-        outcomes.append(outcome)
-    return outcomes
+def meets_bars(row: dict[str, Any]) -> bool:
+    """SNIPS rows are judged by detail (normalised), Banking77 rows by intent and novelty."""
+    if "detail_normalised" in row:
+        return row["detail_normalised"] >= TARGET_PRECISION
+    return row["precision"] >= TARGET_PRECISION and row["novel_false_hits"] <= TARGET_NOVEL
 
 
-def new_cache(embedder: Any, size: int) -> SemanticCache:
-    return SemanticCache(MemoryBackend(size), embedder, threshold=0.9, ttl=1e9, guard=hit_guard)
-
-
-async def simulate(embedder: Any, data: list[dict[str, Any]], use_guard: bool) -> dict[str, Any]:
-    cached = [d for d in data if d["split"] == "cache"]
-    traffic = [d for d in data if d["split"] == "traffic"]
-    intent_of = {normal(d["text"]): d["intent"] for d in cached}
-    cache = new_cache(embedder, len(cached) + 1)
-    lookups = {}
-    for item in cached:
-        lookup = Lookup(cache_key(request(item["text"])))
-        await cache.store(lookup, b"{}")
-        lookups[item["text"]] = lookup
-    sim = await ask_all(cache, traffic, intent_of, use_guard)
-    # novel traffic: per intent, take its entries out, ask, put them back
-    novel: list[Outcome] = [Outcome()] * len(traffic)
-    by_intent: dict[str, list[int]] = defaultdict(list)
-    for i, item in enumerate(traffic):
-        by_intent[item["intent"]].append(i)
-    for intent, indexes in by_intent.items():
-        held = [c for c in cached if c["intent"] == intent]
-        fresh = new_cache(embedder, len(cached) + 1)
-        for item in cached:
-            if item["intent"] != intent:
-                await fresh.store(lookups[item["text"]], b"{}")
-        answers = await ask_all(fresh, [traffic[i] for i in indexes], intent_of, use_guard)
-        for i, outcome in zip(indexes, answers, strict=True):
-            novel[i] = outcome
-        del held
-    return {"traffic": traffic, "sim": sim, "novel": novel}
-
-
-def normal(text: str) -> str:
-    return " ".join(text.split())
-
-
-def score(run: dict[str, Any], indexes: list[int], threshold: float) -> dict[str, float]:
-    traffic, sim, novel = run["traffic"], run["sim"], run["novel"]
-    hits = correct = false_novel = 0
-    for i in indexes:
-        served = sim[i].served[threshold]
-        if served is not None:
-            hits += 1
-            correct += served == traffic[i]["intent"]
-        false_novel += novel[i].served[threshold] is not None
-    n = len(indexes)
-    return {
-        "threshold": threshold,
-        "hit_rate": hits / n,
-        "precision": correct / hits if hits else 1.0,
-        "wrong_per_request": (hits - correct) / n,
-        "novel_false_hits": false_novel / n,
-        "correct_hits": correct,
-    }
-
-
-def choose(run: dict[str, Any], indexes: list[int]) -> float:
-    """Highest hit rate with precision ≥ 97% and novel false hits ≤ 1%."""
-    ok = [score(run, indexes, t) for t in THRESHOLDS]
+def choose(runs: list[Run], parts: list[list[int]]) -> float:
+    """The threshold with the highest hit rate (the lowest one) at which every set,
+    scored on its part, meets its bars; 1.0 when none does."""
     ok = [
-        s
-        for s in ok
-        if s["precision"] >= TARGET_PRECISION and s["novel_false_hits"] <= TARGET_NOVEL
+        t
+        for t in THRESHOLDS
+        if all(meets_bars(r.score(t, p)) for r, p in zip(runs, parts, strict=True))
     ]
-    return max(ok, key=lambda s: (s["hit_rate"], s["threshold"]))["threshold"] if ok else 1.0
+    return min(ok) if ok else 1.0
 
 
-def halves(run: dict[str, Any]) -> list[list[int]]:
-    n = len(run["traffic"])
-    order = list(range(n))
-    random.Random(77).shuffle(order)
-    return [sorted(order[: n // 2]), sorted(order[n // 2 :])]
-
-
-def per_half(run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The thresholds near the choice, scored on each half: does a default hold on both?"""
-    return [
-        {"half": f"half {h + 1}", **score(run, part, t)}
-        for t in (0.94, 0.95, 0.96, 0.97)
-        for h, part in enumerate(halves(run))
-    ]
-
-
-def cross_fit(run: dict[str, Any]) -> list[dict[str, Any]]:
+def cross_fit(runs: list[Run]) -> list[dict[str, Any]]:
     folds = []
-    parts = halves(run)
+    halves = [r.halves() for r in runs]
     for pick, report in ((0, 1), (1, 0)):
-        threshold = choose(run, parts[pick])
-        folds.append(
-            {
-                "chosen_on": f"half {pick + 1}",
-                "threshold": threshold,
-                **score(run, parts[report], threshold),
-            }
-        )
+        threshold = choose(runs, [h[pick] for h in halves])
+        row: dict[str, Any] = {"chosen_on": f"half {pick + 1}", "threshold": threshold}
+        for run, h in zip(runs, halves, strict=True):
+            row[run.name] = run.score(threshold, h[report])
+        folds.append(row)
     return folds
 
 
-async def pairs_eval(embedder: Any, pairs: list[dict[str, Any]], use_guard: bool) -> list[dict]:
-    cache = new_cache(embedder, len(pairs) + 1)
-    for pair in pairs:
-        lookup = Lookup(cache_key(request(pair["text_a"]), pair["id"]))
-        await cache.store(lookup, b"{}")
-    rows = []
-    for threshold in THRESHOLDS:
-        tp = fp = fn = 0
-        for pair in pairs:
-            key = cache_key(request(pair["text_b"]), pair["id"])
-            hit = (await cache.lookup(key, threshold=threshold, use_guard=use_guard)).hit
-            if hit and pair["label"] == 1:
-                tp += 1
-            elif hit:
-                fp += 1
-            elif pair["label"] == 1:
-                fn += 1
-        rows.append(
-            {
-                "threshold": threshold,
-                "precision": tp / (tp + fp) if tp + fp else 1.0,
-                "recall": tp / (tp + fn) if tp + fn else 0.0,
-            }
-        )
-    return rows
+def fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -213,28 +123,93 @@ def table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
     for column in columns:
         view.add_column(column, justify="right")
     for row in rows:
-        view.add_row(
-            *[f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
-        )
+        view.add_row(*[fmt(row.get(c, "")) for c in columns])
     console.print(view)
 
 
-def refused_sample(run: dict[str, Any], threshold: float, limit: int = 12) -> list[dict]:
-    sample, reasons = [], Counter()
-    for item, outcome in zip(run["traffic"], run["sim"], strict=True):
-        refusal = outcome.refused[threshold]
-        if refusal and outcome.served[threshold] is None:
-            reasons[refusal[1]] += 1
-            if len(sample) < limit:
-                sample.append(
-                    {
-                        "query": item["text"],
-                        "candidate": refusal[0],
-                        "reason": refusal[1],
-                        "similarity": round(refusal[2], 4),
-                    }
-                )
-    return [{"refused_by_reason": dict(reasons)}, *sample]
+def columns_of(run: Run) -> list[str]:
+    base = ["threshold", "hit_rate", "precision", "wrong_per_request"]
+    if run.novel is not None:
+        base.append("novel_false_hits")
+    if run.queries[0].details is not None:
+        base += ["detail_exact", "detail_normalised"]
+    return base
+
+
+def print_cross_fit(folds: list[dict[str, Any]], runs: list[Run]) -> None:
+    rows = []
+    for fold in folds:
+        for run in runs:
+            rows.append({"chosen_on": fold["chosen_on"], "set": run.name, **fold[run.name]})
+    cols = ["chosen_on", "set", "threshold", "hit_rate", "precision", "novel_false_hits"]
+    table("cross-fitted choice, reported on the other half", rows, [*cols, "detail_normalised"])
+
+
+def per_half(runs: list[Run], around: float) -> list[dict[str, Any]]:
+    """The thresholds near the choice, on each half of each set: does a default hold?"""
+    rows = []
+    for t in sorted({round(around + d, 2) for d in (-0.01, 0.0, 0.01)} & set(THRESHOLDS)):
+        for run in runs:
+            for h, part in enumerate(run.halves()):
+                rows.append({"set": run.name, "half": h + 1, **run.score(t, part)})
+    return rows
+
+
+def guard_cost(pairs: list[tuple[str, str]], rounds: int = 3) -> dict[str, float]:
+    """Microseconds of CPU per guard call on real candidates, each timed on its own, the
+    best of ``rounds``: with both wordings cached; with the candidate's wording cold
+    (the query's was parsed for the lookup's first candidate; this is the usual hit);
+    and with both cold. Word-level caches (ranks, word vectors, stems) stay warm, as in
+    a running server."""
+    check, wording = guard_module.refusal_reason, guard_module.wording
+    clock = time.process_time_ns
+    best: dict[str, float] = {}
+    for mode in ("cached", "candidate_cold", "both_cold"):
+        runs = []
+        for _ in range(rounds):
+            total = 0
+            for query, candidate in pairs:
+                if mode == "cached":
+                    check(query, candidate)
+                else:
+                    wording.cache_clear()
+                    if mode == "candidate_cold":
+                        wording(query)
+                started = clock()
+                check(query, candidate)
+                total += clock() - started
+            runs.append(total / len(pairs) / 1000)
+        best[f"{mode}_us"] = min(runs)
+    return {"pairs": len(pairs), **best}
+
+
+def hit_pairs(run: Run, threshold: float) -> list[tuple[str, str]]:
+    asked = [q for q in run.queries if not q.cached]
+    return [
+        (q.text, run.queries[entry].text)
+        for q, outcome in zip(asked, run.served, strict=True)
+        if (entry := outcome.hit(threshold)) is not None
+    ]
+
+
+def print_refusals(run: Run, threshold: float) -> dict[str, Any]:
+    found = refusals(run.queries, run.served, threshold)
+    rows = []
+    for reason, tally in found.items():
+        for sample in tally["sample"][:4]:
+            rows.append(
+                {
+                    "reason": reason,
+                    "refused": tally["refused"],
+                    "right_answers": tally["right_answer"],
+                    "query": sample["query"],
+                    "cached": sample["cached"],
+                    "right?": "yes" if sample["refused_a_right_answer"] else "no",
+                }
+            )
+    cols = ["reason", "refused", "right_answers", "query", "cached", "right?"]
+    table(f"{run.name}: refused by the guard at {threshold}", rows, cols)
+    return found
 
 
 async def main() -> None:
@@ -246,51 +221,58 @@ async def main() -> None:
     embedder = local_embedder(args.embedder)
     if embedder is None:
         sys.exit(f"unknown built-in embedder {args.embedder!r}: use local or hash")
-    data = read_jsonl(args.data / "banking77_cache.jsonl")
-    pairs = read_jsonl(args.data / "banking77_pairs.jsonl")
-    console.print(f"embedder {embedder.name}, default threshold {embedder.default_threshold}")
-    report: dict[str, Any] = {
-        "embedder": embedder.name,
-        "default_threshold": embedder.default_threshold,
-    }
-    columns = ["threshold", "hit_rate", "precision", "wrong_per_request", "novel_false_hits"]
-    correct: dict[str, dict[float, int]] = {}
+    default = embedder.default_threshold
+    console.print(f"embedder {embedder.name}, default threshold {default}")
+    report: dict[str, Any] = {"embedder": embedder.name, "default_threshold": default}
+    runs_on: list[Run] = []
     for use_guard in (False, True):
         label = "guard on" if use_guard else "guard off"
-        run = await simulate(embedder, data, use_guard)
-        everyone = list(range(len(run["traffic"])))
-        rows = [score(run, everyone, t) for t in THRESHOLDS]
-        table(f"Banking77 cache simulation, {label}", rows, columns)
-        folds = cross_fit(run)
-        table(
-            f"cross-fitted choice ({label}): precision ≥ {TARGET_PRECISION}, "
-            f"novel ≤ {TARGET_NOVEL}",
-            folds,
-            ["chosen_on", *columns],
-        )
-        table(f"thresholds near the choice, per half ({label})", per_half(run), ["half", *columns])
-        correct[label] = {t: score(run, everyone, t)["correct_hits"] for t in THRESHOLDS}
-        pair_rows = await pairs_eval(embedder, pairs, use_guard)
-        table(f"Banking77 pairs, {label}", pair_rows, ["threshold", "precision", "recall"])
-        report[label] = {
-            "simulation": rows,
-            "cross_fit": folds,
-            "pairs": pair_rows,
-            "refused": refused_sample(run, embedder.default_threshold) if use_guard else None,
-        }
+        runs = [
+            await run_set(embedder, "snips", args.data / "snips_cache.jsonl", use_guard, False),
+            await run_set(
+                embedder, "banking77", args.data / "banking77_cache.jsonl", use_guard, True
+            ),
+        ]
+        report[label] = {}
+        for run in runs:
+            rows = [run.score(t) for t in THRESHOLDS]
+            table(f"{run.name}, {label}", rows, columns_of(run))
+            report[label][run.name] = {"simulation": rows}
         if use_guard:
-            console.print(report[label]["refused"])
-    cost = [
-        {
-            "threshold": t,
-            "correct_off": correct["guard off"][t],
-            "correct_on": correct["guard on"][t],
-            "lost": 1 - correct["guard on"][t] / max(correct["guard off"][t], 1),
-        }
-        for t in THRESHOLDS
-    ]
-    table("correct hits the guard costs", cost, ["threshold", "correct_off", "correct_on", "lost"])
-    report["guard_cost"] = cost
+            runs_on = runs
+    folds = cross_fit(runs_on)
+    print_cross_fit(folds, runs_on)
+    banking_folds = cross_fit(runs_on[1:])
+    table(
+        "cross-fitted on the Banking77 bars alone, reported on the other half",
+        [{"chosen_on": f["chosen_on"], **f["banking77"]} for f in banking_folds],
+        ["chosen_on", *columns_of(runs_on[1])],
+    )
+    report["cross_fit_banking77_alone"] = banking_folds
+    chosen = min(f["threshold"] for f in banking_folds)
+    halves = per_half(runs_on, chosen)
+    table(
+        "thresholds near the choice, per half (guard on)",
+        halves,
+        ["set", "half", *columns_of(runs_on[1]), "detail_normalised"],
+    )
+    report["cross_fit"] = folds
+    report["per_half"] = halves
+    for t in sorted({default, chosen}):
+        for run in runs_on:
+            found = print_refusals(run, t)
+            wrong = wrong_hits(run.queries, run.served, t, limit=100)
+            console.print(f"{run.name}: wrong hits at {t}, most similar first")
+            for row in wrong:
+                console.print(f"  {row}", highlight=False)
+            report["guard on"][run.name][f"at {t}"] = {
+                "score": run.score(t),
+                "refused_by_reason": found,
+                "wrong_hits": wrong,
+            }
+    pairs = [p for run in runs_on for p in hit_pairs(run, 0.9)]
+    report["guard_cost_per_hit"] = guard_cost(pairs)
+    console.print(f"guard cost per hit: {report['guard_cost_per_hit']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     console.print(f"written {args.json}")

@@ -21,11 +21,21 @@ with few hard negatives flatters precision, and so does judging pairs one at a
 time: in a full cache a question meets thousands of neighbours, and the nearest
 wrong one only has to beat the threshold once (``scripts/eval_cache_quality.py``
 simulates that on Banking77). Read the recommendation as a floor to start from.
+
+Labelled *traffic* (``{"split": "cache"|"traffic", "text", "intent", "slots"?}``, the
+format of ``../shared/eval``) is simulated instead: the ``cache`` rows fill one cache,
+each ``traffic`` row asks it. A hit is right when the entry has the asker's intent,
+and, where rows carry ``slots`` (the answer-changing details, ``type=value``), right
+*in detail* when the details match too — compared exactly, and normalised (number
+words as digits, plurals, articles, contractions and punctuation folded), since
+"4 stars" and "four stars" are the same detail.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +53,7 @@ DEFAULT_THRESHOLDS = "0.80:0.99:0.01"
 DEFAULT_TARGET = 0.97
 MODEL = "bench-quality"  # any model name: it only has to be the same for a and b
 EXAMPLES = 10  # wrong hits kept in the JSON at the recommended threshold
+SAMPLE = 12  # refusals and wrong hits shown per reason, for a person to judge
 
 _TRUE_LABELS = {"1", "true", "must_hit", "duplicate", "same", "yes"}
 _FALSE_LABELS = {"0", "false", "must_not_hit", "not_duplicate", "different", "no"}
@@ -180,6 +191,303 @@ def recommend(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | Non
     return min(good, key=lambda r: r["threshold"]) if good else None
 
 
+# --- labelled traffic: a full-cache simulation, judged by intent and by detail ----------
+
+_ARTICLES = frozenset({"a", "an", "the"})
+_NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve".split()
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One labelled utterance: fills the cache (``cached``) or asks it."""
+
+    text: str
+    intent: str
+    details: tuple[str, ...] | None  # sorted "type=value"; None when the data has none
+    cached: bool
+
+
+def is_traffic_file(path: Path) -> bool:
+    """Whether ``path`` holds labelled traffic (rows with a ``split``) rather than pairs."""
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(row, dict) and "split" in row
+    return False
+
+
+def read_traffic(path: Path) -> list[Query]:
+    """Rows ``{"split": "cache"|"traffic", "text", "intent", "slots"?}``."""
+    queries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PairsError(f"{where}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or row.get("split") not in ("cache", "traffic"):
+            raise PairsError(f"{where}: needs split (cache or traffic), text and intent")
+        if not isinstance(row.get("text"), str) or "intent" not in row:
+            raise PairsError(f"{where}: needs split (cache or traffic), text and intent")
+        slots = row.get("slots")
+        details = tuple(sorted(str(s) for s in slots)) if isinstance(slots, list) else None
+        queries.append(Query(row["text"], str(row["intent"]), details, row["split"] == "cache"))
+    if not any(q.cached for q in queries) or all(q.cached for q in queries):
+        raise PairsError(f"{path}: needs both cache and traffic rows")
+    return queries
+
+
+def normal_value(value: str) -> str:
+    """A detail's value as the judge compares it: "the 4 Stars" = "four star"."""
+    words = []
+    for word in re.findall(r"[a-z0-9]+(?:'[a-z]+)?", value.lower().replace("’", "'")):
+        word = word.split("'", 1)[0]
+        if word in _ARTICLES:
+            continue
+        word = _NUMBER_WORDS.get(word, word)
+        if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+            word = word[:-1]
+        if len(word) > 3 and word.endswith("ie"):  # stories/story, movies/movie alike
+            word = word[:-2] + "y"
+        words.append(word)
+    return " ".join(words)
+
+
+def normal_details(details: tuple[str, ...]) -> frozenset[str]:
+    out = set()
+    for detail in details:
+        kind, _, value = detail.partition("=")
+        out.add(f"{kind}={normal_value(value)}")
+    return frozenset(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """What one traffic query got, from one lookup at the lowest threshold.
+
+    The candidates a lookup weighs are the nearest few scoring at least the threshold,
+    best first, and the guard's verdict on each does not depend on the threshold; so
+    at a higher threshold the served entry is the same one if it still scores enough,
+    and nothing otherwise. One lookup tells every threshold.
+    """
+
+    entry: int | None  # index (into the queries) of the entry served
+    similarity: float
+    refused: tuple[int, str, float] | None  # (entry, reason, similarity) of the first refusal
+
+    def hit(self, threshold: float) -> int | None:
+        return self.entry if self.entry is not None and self.similarity >= threshold else None
+
+    def refusal(self, threshold: float) -> tuple[int, str, float] | None:
+        """The refusal that made the answer a miss at ``threshold``, if one did."""
+        if self.hit(threshold) is not None or self.refused is None:
+            return None
+        return self.refused if self.refused[2] >= threshold else None
+
+
+def _request(text: str) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": text}]}
+
+
+async def simulate(
+    queries: list[Query],
+    embedder: Embedder,
+    lowest: float,
+    guard: bool = True,
+    novel: bool = False,
+) -> list[Served]:
+    """Fill a cache with the cached rows, look each traffic row up once at ``lowest``.
+
+    ``novel``: before a query is asked, every cached row of its intent is taken out,
+    so every hit is wrong: what users see for a question the cache has never seen.
+    """
+    cached = [i for i, q in enumerate(queries) if q.cached]
+    asked = [i for i, q in enumerate(queries) if not q.cached]
+    lookups = {}
+    for i in cached:
+        key = cache_key(_request(queries[i].text))
+        lookups[i] = Lookup(key, vector=await embedder.embed(key.text or ""), embedded=True)
+    groups = {"": asked}
+    if novel:
+        groups = {}
+        for i in asked:
+            groups.setdefault(queries[i].intent, []).append(i)
+    served: dict[int, Served] = {}
+    for intent, members in groups.items():
+        keep = [i for i in cached if not novel or queries[i].intent != intent]
+        cache = SemanticCache(
+            MemoryBackend(len(keep) + 1), embedder, threshold=lowest, ttl=1e12, guard=hit_guard
+        )
+        index_of = {}
+        for i in keep:
+            await cache.store(lookups[i], b"{}")
+            index_of[lookups[i].key.text] = i
+        for i in members:
+            found = await cache.lookup(cache_key(_request(queries[i].text)), use_guard=guard)
+            refusal = found.refusal
+            served[i] = Served(
+                index_of[found.hit.entry.text] if found.hit else None,
+                found.hit.similarity if found.hit else 0.0,
+                (index_of[refusal.candidate], refusal.reason, refusal.similarity)
+                if refusal
+                else None,
+            )
+    return [served[i] for i in asked]
+
+
+def _asked(queries: list[Query]) -> list[Query]:
+    return [q for q in queries if not q.cached]
+
+
+def right(query: Query, entry: Query, level: str) -> bool:
+    """Whether ``entry``'s answer is right for ``query``: at ``level`` intent, exact
+    (details equal as written) or normalised (details equal once normalised)."""
+    if entry.intent != query.intent:
+        return False
+    if level == "intent" or query.details is None or entry.details is None:
+        return True
+    if level == "exact":
+        return entry.details == query.details
+    return normal_details(entry.details) == normal_details(query.details)
+
+
+def score_traffic(
+    queries: list[Query],
+    served: list[Served],
+    threshold: float,
+    novel: list[Served] | None = None,
+    only: list[int] | None = None,
+) -> dict[str, Any]:
+    """Hit rate and precision (by intent, and by detail where the data has details)."""
+    asked = _asked(queries)
+    rows = range(len(asked)) if only is None else only
+    hits = Counter[str]()
+    count = novel_hits = 0
+    for r in rows:
+        count += 1
+        if novel is not None:
+            novel_hits += novel[r].hit(threshold) is not None
+        entry = served[r].hit(threshold)
+        if entry is None:
+            continue
+        hits["all"] += 1
+        for level in ("intent", "exact", "normalised"):
+            hits[level] += right(asked[r], queries[entry], level)
+    n, h = max(count, 1), hits["all"]
+    result: dict[str, Any] = {
+        "threshold": threshold,
+        "hit_rate": h / n,
+        "precision": hits["intent"] / h if h else 1.0,
+        "wrong_per_request": (h - hits["intent"]) / n,
+    }
+    if any(q.details is not None for q in asked):
+        result["detail_exact"] = hits["exact"] / h if h else 1.0
+        result["detail_normalised"] = hits["normalised"] / h if h else 1.0
+    if novel is not None:
+        result["novel_false_hits"] = novel_hits / n
+    return result
+
+
+def _pair(queries: list[Query], query: Query, entry: int, similarity: float) -> dict[str, Any]:
+    other = queries[entry]
+    row: dict[str, Any] = {"query": query.text, "cached": other.text, "similarity": similarity}
+    if query.details is not None and other.details is not None:
+        row["differs"] = sorted(normal_details(query.details) ^ normal_details(other.details))
+    return row
+
+
+def refusals(
+    queries: list[Query], served: list[Served], threshold: float, limit: int = SAMPLE
+) -> dict[str, Any]:
+    """Refusals by reason at ``threshold``: how many, how many turned away an answer that
+    was right (by the strictest label the data has), and a sample a person can judge."""
+    asked = _asked(queries)
+    level = "normalised" if any(q.details is not None for q in asked) else "intent"
+    by_reason: dict[str, dict[str, Any]] = {}
+    for query, outcome in zip(asked, served, strict=True):
+        refusal = outcome.refusal(threshold)
+        if refusal is None:
+            continue
+        entry, reason, similarity = refusal
+        tally = by_reason.setdefault(reason, {"refused": 0, "right_answer": 0, "sample": []})
+        tally["refused"] += 1
+        was_right = right(query, queries[entry], level)
+        tally["right_answer"] += was_right
+        if len(tally["sample"]) < limit:
+            row = _pair(queries, query, entry, round(similarity, 4))
+            tally["sample"].append({**row, "refused_a_right_answer": was_right})
+    return dict(sorted(by_reason.items(), key=lambda kv: -kv[1]["refused"]))
+
+
+def wrong_hits(
+    queries: list[Query], served: list[Served], threshold: float, limit: int = 2 * SAMPLE
+) -> list[dict[str, Any]]:
+    """Hits whose details (normalised) or intent differ, most similar first."""
+    asked = _asked(queries)
+    level = "normalised" if any(q.details is not None for q in asked) else "intent"
+    wrong = []
+    for query, outcome in zip(asked, served, strict=True):
+        entry = outcome.hit(threshold)
+        if entry is not None and not right(query, queries[entry], level):
+            wrong.append(_pair(queries, query, entry, round(outcome.similarity, 4)))
+    return sorted(wrong, key=lambda w: -w["similarity"])[:limit]
+
+
+async def evaluate_traffic(
+    path: Path,
+    embedder: Embedder,
+    thresholds: list[float],
+    guard: bool,
+    target: float,
+) -> dict[str, Any]:
+    """``kallm bench quality`` on labelled traffic: the same report as for pairs, plus
+    detail-level precision, refusals by reason and wrong hits to read."""
+    queries = read_traffic(path)
+    served = await simulate(queries, embedder, min(thresholds), guard)
+    rows = [score_traffic(queries, served, t) for t in thresholds]
+    has_details = "detail_normalised" in rows[0]
+    key = "detail_normalised" if has_details else "precision"
+    good = [r for r in rows if r[key] >= target and r["hit_rate"] > 0]
+    best = max(good, key=lambda r: (r["hit_rate"], r["threshold"])) if good else None
+    default = embedder.default_threshold
+    at = best["threshold"] if best else default
+    asked = _asked(queries)
+    return {
+        "traffic_file": str(path),
+        "cached": len(queries) - len(asked),
+        "asked": len(asked),
+        "judged_by": "intent and details" if has_details else "intent",
+        "embedder": embedder.name,
+        "embedder_default_threshold": default,
+        "guard": guard,
+        "target_precision": target,
+        "thresholds": rows,
+        "at_default_threshold": score_traffic(queries, served, default),
+        "recommended": None
+        if best is None
+        else {
+            "threshold": best["threshold"],
+            "precision": best[key],
+            "hit_rate": best["hit_rate"],
+            "setting": "cache.similarity_threshold",
+            "env": f"KALLM_SIMILARITY_THRESHOLD={best['threshold']:g}",
+        },
+        "refused_by_reason": refusals(queries, served, at),
+        "wrong_hits": wrong_hits(queries, served, at),
+    }
+
+
 async def evaluate(
     path: Path,
     embedder_name: str = "local",
@@ -192,6 +500,8 @@ async def evaluate(
     if embedder is None:
         raise ValueError(f"unknown embedder {embedder_name!r}: use local or hash")
     thresholds = thresholds or parse_thresholds(DEFAULT_THRESHOLDS)
+    if is_traffic_file(path):
+        return await evaluate_traffic(path, embedder, thresholds, guard, target)
     pairs = read_pairs(path)
     outcomes = await judge(pairs, embedder, min(thresholds), guard)
     rows = [score(pairs, outcomes, t) for t in thresholds]
@@ -225,11 +535,42 @@ async def evaluate(
             "env": f"KALLM_SIMILARITY_THRESHOLD={best['threshold']:g}",
         },
         "wrong_hits_at_recommended": sorted(wrong, key=lambda w: -w["similarity"])[:EXAMPLES],
+        "refused_by_reason": pair_refusals(pairs, outcomes, best["threshold"] if best else default),
     }
+
+
+def pair_refusals(
+    pairs: list[Pair], outcomes: list[Outcome], threshold: float, limit: int = SAMPLE
+) -> dict[str, Any]:
+    """What the guard refused at ``threshold``, by reason: how many, how many of them were
+    duplicates (a refused right answer), and a sample a person can judge."""
+    by_reason: dict[str, dict[str, Any]] = {}
+    for pair, outcome in zip(pairs, outcomes, strict=True):
+        if outcome.refused is None or outcome.refused[0] < threshold:
+            continue
+        if outcome.served is not None and outcome.served >= threshold:
+            continue
+        similarity, reason = outcome.refused
+        tally = by_reason.setdefault(reason, {"refused": 0, "right_answer": 0, "sample": []})
+        tally["refused"] += 1
+        tally["right_answer"] += pair.duplicate
+        if len(tally["sample"]) < limit:
+            tally["sample"].append(
+                {
+                    "query": pair.b,
+                    "cached": pair.a,
+                    "similarity": round(similarity, 4),
+                    "refused_a_right_answer": pair.duplicate,
+                }
+            )
+    return dict(sorted(by_reason.items(), key=lambda kv: -kv[1]["refused"]))
 
 
 def print_quality(result: dict[str, Any], console: Console) -> None:
     """Precision and recall per threshold, the recommended row marked, then the verdict."""
+    if "traffic_file" in result:
+        print_traffic_quality(result, console)
+        return
     best = result["recommended"]
     guard = "guard on" if result["guard"] else "guard off"
     table = Table(
@@ -299,6 +640,76 @@ def print_quality(result: dict[str, Any], console: Console) -> None:
             "[yellow]that is the lowest threshold tried; lower ones may reach the "
             "target too (widen --thresholds)[/]"
         )
+    print_refusals(result["refused_by_reason"], best["threshold"], console)
+
+
+def print_refusals(by_reason: dict[str, Any], threshold: float, console: Console) -> None:
+    """The guard's refusals at ``threshold`` by reason, with a few to read."""
+    if not by_reason:
+        console.print(f"the guard refused nothing at {threshold:g}")
+        return
+    table = Table(title=f"refused by the guard at {threshold:g} (a sample per reason)")
+    for column in ("reason", "refused", "of them right answers", "query", "cached", "right?"):
+        table.add_column(column)
+    for reason, tally in by_reason.items():
+        for i, row in enumerate(tally["sample"][:3]):
+            first = i == 0
+            table.add_row(
+                reason if first else "",
+                f"{tally['refused']:,}" if first else "",
+                f"{tally['right_answer']:,}" if first else "",
+                row["query"],
+                row["cached"],
+                "yes" if row["refused_a_right_answer"] else "no",
+            )
+    console.print(table)
+
+
+def print_traffic_quality(result: dict[str, Any], console: Console) -> None:
+    """Per threshold: hit rate and precision by intent and, with details, by detail."""
+    best = result["recommended"]
+    details = result["judged_by"] == "intent and details"
+    guard = "guard on" if result["guard"] else "guard off"
+    table = Table(
+        title=f"cache simulation — {result['cached']:,} cached, {result['asked']:,} asked "
+        f"from {result['traffic_file']}, {result['embedder']} embedder, {guard}"
+    )
+    columns = ["threshold", "hit rate", "precision (intent)"]
+    columns += ["detail exact", "detail normalised"] if details else []
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in result["thresholds"]:
+        chosen = best is not None and row["threshold"] == best["threshold"]
+        default = row["threshold"] == result["embedder_default_threshold"]
+        mark = " ◀ recommended" if chosen else (" (default)" if default else "")
+        cells = [
+            f"{row['threshold']:.2f}{mark}",
+            f"{row['hit_rate']:.1%}",
+            _share(row["precision"]),
+        ]
+        if details:
+            cells += [_share(row["detail_exact"]), _share(row["detail_normalised"])]
+        table.add_row(*cells, style="bold green" if chosen else None)
+    console.print(table)
+    judged = "detail-level (normalised)" if details else "intent"
+    if best is None:
+        console.print(
+            f"[bold red]no threshold reached {judged} precision {result['target_precision']}[/]"
+        )
+    else:
+        console.print(
+            f"[bold]recommended: cache.similarity_threshold = {best['threshold']:g}[/] — the "
+            f"highest hit rate ({best['hit_rate']:.1%}) with {judged} precision ≥ "
+            f"{result['target_precision']} ({_share(best['precision'])}, {guard}).",
+            highlight=False,
+        )
+    at = best["threshold"] if best else result["embedder_default_threshold"]
+    print_refusals(result["refused_by_reason"], at, console)
+    if result["wrong_hits"]:
+        console.print(f"wrong hits at {at:g}, most similar first:")
+        for row in result["wrong_hits"][:EXAMPLES]:
+            differs = f"  [dim]{', '.join(row.get('differs', []))}[/]" if details else ""
+            console.print(f"  {row['query']!r} got {row['cached']!r}{differs}", highlight=False)
 
 
 def _share(value: float | None) -> str:
