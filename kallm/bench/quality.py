@@ -145,10 +145,10 @@ async def judge(pairs: list[Pair], embedder: Embedder, lowest: float, guard: boo
         return {"model": MODEL, "messages": [{"role": "user", "content": text}]}
 
     for i, pair in enumerate(pairs):
-        await cache.store(Lookup(cache_key(request(pair.a), f"pair-{i}")), b"{}")
+        await cache.store(Lookup(cache_key(request(pair.a), (f"pair-{i}",))), b"{}")
     outcomes = []
     for i, pair in enumerate(pairs):
-        found = await cache.lookup(cache_key(request(pair.b), f"pair-{i}"), use_guard=guard)
+        found = await cache.lookup(cache_key(request(pair.b), (f"pair-{i}",)), use_guard=guard)
         refusal = found.refusal
         outcomes.append(
             Outcome(
