@@ -31,3 +31,11 @@ def test_ci_runs_the_readme_test_command_in_a_clean_venv() -> None:
     assert "--system-site-packages" not in ci
     assert any(line.startswith(".venv/bin/ruff check") for line in lines)
     assert any(line.startswith(".venv/bin/ruff format --check") for line in lines)
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    from kallm.config import SPECS
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [spec.toml_key for spec in SPECS if f"`{spec.toml_key}`" not in readme]
+    assert not missing, f"settings missing from the README table: {missing}"
