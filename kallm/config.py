@@ -107,6 +107,26 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+def duration_text(seconds: float) -> str:
+    """``86400`` -> ``24h``, ``2592000`` -> ``30d``: the largest unit that divides it (a
+    day reads as 24h)."""
+    if seconds == 0:
+        return "0s"
+    for unit in ("d", "h", "m", "s"):
+        size = _DURATION_UNITS[unit]
+        if seconds >= size and seconds % size == 0 and not (unit == "d" and seconds == 86400):
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
+def size_text(size: int) -> str:
+    """``10000000`` -> ``10MB``."""
+    for unit in ("gb", "mb", "kb"):
+        if size >= _SIZE_UNITS[unit] and size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit.upper()}"
+    return f"{size}B"
+
+
 def parse_size(value: Any) -> int:
     """Bytes from ``10MB``, ``512KiB`` or a bare number of bytes."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -229,6 +249,11 @@ class SettingSpec:
     env: tuple[str, ...]
     parse: Callable[[Any], Any]
     secret: bool = False
+    flag: str | None = None  # the CLI flag, where it is not --<field with dashes>
+
+    @property
+    def flag_name(self) -> str:
+        return self.flag or "--" + self.field.replace("_", "-")
 
 
 SPECS: tuple[SettingSpec, ...] = (
@@ -242,6 +267,7 @@ SPECS: tuple[SettingSpec, ...] = (
         "upstream.base_url",
         ("OPENAI_BASE_URL", "KALLM_UPSTREAM_URL"),
         parse_url,
+        flag="--upstream",
     ),
     SettingSpec(
         "upstream_api_key", "upstream.api_key", ("OPENAI_API_KEY",), parse_secret, secret=True
@@ -266,6 +292,7 @@ SPECS: tuple[SettingSpec, ...] = (
         "cache.similarity_threshold",
         ("KALLM_SIMILARITY_THRESHOLD",),
         parse_fraction,
+        flag="--threshold",
     ),
     SettingSpec("cache_ttl", "cache.ttl", ("KALLM_CACHE_TTL",), parse_duration),
     SettingSpec(
@@ -296,7 +323,7 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "open_route_charge", "auth.open_route_charge", ("KALLM_OPEN_ROUTE_CHARGE",), parse_usd
     ),
-    SettingSpec("db_path", "db.path", ("KALLM_DB",), parse_optional_path),
+    SettingSpec("db_path", "db.path", ("KALLM_DB",), parse_optional_path, flag="--db"),
     SettingSpec("log_requests", "log.requests", ("KALLM_LOG_REQUESTS",), parse_bool),
     SettingSpec("log_probes", "log.probes", ("KALLM_LOG_PROBES",), parse_bool),
     SettingSpec("log_bodies", "log.bodies", ("KALLM_LOG_BODIES",), parse_bool),
@@ -397,8 +424,7 @@ def load_settings(
                 sources[spec.field] = f"env {name}"
                 break
         if spec.field in flags:
-            flag = "--" + spec.field.replace("_", "-")
-            values[spec.field] = _parse(spec, flags[spec.field], flag)
+            values[spec.field] = _parse(spec, flags[spec.field], spec.flag_name)
             sources[spec.field] = "flag"
     origin = f"config file {path}"
     values["providers"] = parse_providers(document, environ, origin)

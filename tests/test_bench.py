@@ -27,7 +27,7 @@ CELLS = ("direct", "kallm miss", "kallm exact hit", "kallm paraphrase hit")
 def test_bench_run_quick_reports_every_cell(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(
-        app, ["bench", "run", "--quick", "--concurrency", "1,4", "--json", str(out)]
+        app, ["bench", "run", "--quick", "--concurrency", "1,4", "--save", str(out)]
     )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -60,7 +60,7 @@ def test_bench_with_options_only_means_run() -> None:
 
 def test_bench_run_rejects_a_bad_latency(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        app, ["bench", "run", "--upstream-latency", "soon", "--json", str(tmp_path / "x.json")]
+        app, ["bench", "run", "--upstream-latency", "soon", "--save", str(tmp_path / "x.json")]
     )
     assert result.exit_code == 2
     assert "--upstream-latency" in result.output
@@ -70,7 +70,7 @@ def test_bench_run_rejects_a_bad_latency(tmp_path: Path) -> None:
 def test_bench_quality_recommends_a_threshold(tmp_path: Path) -> None:
     out = tmp_path / "quality.json"
     result = CliRunner().invoke(
-        app, ["bench", "quality", "--pairs", str(DATA / "guard_pairs.jsonl"), "--json", str(out)]
+        app, ["bench", "quality", "--pairs", str(DATA / "guard_pairs.jsonl"), "--save", str(out)]
     )
     assert result.exit_code == 0, result.output
     assert "recommended: cache.similarity_threshold" in result.output
@@ -104,7 +104,7 @@ def test_quality_without_the_guard_lets_more_wrong_hits_through(tmp_path: Path) 
                 flag,
                 "--thresholds",
                 "0.85,0.95",
-                "--json",
+                "--save",
                 str(path),
             ],
         )

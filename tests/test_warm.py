@@ -75,7 +75,7 @@ def test_jsonl_chat_requests_with_a_system_prompt_become_sdk_hits(
     ]
     lines.append({"messages": user(PROMPTS[2]), "stream": True})  # model from --model
     result = run(
-        write(tmp_path, "chats.jsonl", lines), "--url", proxy.root, "-m", MODEL, "--json", "-c", "2"
+        write(tmp_path, "chats.jsonl", lines), "--url", proxy.root, "-m", MODEL, "--json", "-j", "2"
     )
     assert result.exit_code == 0, result.output
     assert summary(result)["added"] == 3
@@ -143,7 +143,7 @@ def test_an_upstream_error_fails_one_line_and_the_run_goes_on(
 ) -> None:
     upstream.fake.fail_status, upstream.fake.fail_times = 400, 1
     result = run(
-        write(tmp_path, "p.txt", PROMPTS), "--url", proxy.root, "-m", MODEL, "-c", "1", "--json"
+        write(tmp_path, "p.txt", PROMPTS), "--url", proxy.root, "-m", MODEL, "-j", "1", "--json"
     )
     assert result.exit_code == 1
     counts = summary(result)

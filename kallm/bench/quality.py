@@ -47,6 +47,7 @@ from kallm.cache.guard import hit_guard
 from kallm.cache.scope import cache_key
 from kallm.cache.semantic import Lookup, SemanticCache
 from kallm.cache.store import MemoryBackend
+from kallm.cli.tables import folded
 from kallm.embed import Embedder, local_embedder
 
 DEFAULT_THRESHOLDS = "0.80:0.99:0.01"
@@ -602,7 +603,7 @@ def print_quality(result: dict[str, Any], console: Console) -> None:
             f"{row['guard_refused_duplicates']:,} / {row['guard_refused_non_duplicates']:,}",
             style="bold green" if chosen else None,
         )
-    console.print(table)
+    console.print(folded(table))
     at_default = result["at_default_threshold"]
     console.print(
         f"embedder default {result['embedder_default_threshold']}: precision "
@@ -662,7 +663,7 @@ def print_refusals(by_reason: dict[str, Any], threshold: float, console: Console
                 row["cached"],
                 "yes" if row["refused_a_right_answer"] else "no",
             )
-    console.print(table)
+    console.print(folded(table))
 
 
 def print_traffic_quality(result: dict[str, Any], console: Console) -> None:
@@ -690,7 +691,7 @@ def print_traffic_quality(result: dict[str, Any], console: Console) -> None:
         if details:
             cells += [_share(row["detail_exact"]), _share(row["detail_normalised"])]
         table.add_row(*cells, style="bold green" if chosen else None)
-    console.print(table)
+    console.print(folded(table))
     judged = "detail-level (normalised)" if details else "intent"
     if best is None:
         console.print(

@@ -22,6 +22,7 @@ from kallm import __version__
 from kallm.bench.load import Cell, Schedule
 from kallm.bench.plan import Plan
 from kallm.bench.stats import rounded
+from kallm.cli.tables import folded
 
 HIT_CELLS = ("kallm exact hit", "kallm paraphrase hit")
 
@@ -163,7 +164,7 @@ def print_report(result: dict[str, Any], console: Console) -> None:
             _versus(cell),
             _cache_text(cell),
         )
-    console.print(table)
+    console.print(folded(table))
     notes = [f"threshold {meta['threshold']}"]
     if meta["paraphrase_threshold_header"] is not None:
         notes.append(

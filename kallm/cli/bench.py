@@ -72,6 +72,15 @@ def _duration(name: str, text: str) -> float:
         fail(f"{name} {text!r}: expected {exc}")
 
 
+def _show(result: dict[str, Any], as_json: bool, save: Path, console: Console, report: Any) -> None:
+    """The table (or, with --json, the JSON on stdout), and the JSON saved to ``save``."""
+    if as_json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        report(result, console)
+    _write_json(save, result, Console(stderr=True) if as_json else console)
+
+
 def _write_json(path: Path, result: dict[str, Any], console: Console) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
@@ -123,9 +132,10 @@ def run(
         BuiltinEmbedder.local, help="The embedder kallm runs with."
     ),
     seed: int = typer.Option(7, help="Seed of the prompt stream."),
-    json_path: Path = typer.Option(
-        Path("kallm-bench.json"), "--json", help="Where to write the results as JSON."
+    save: Path = typer.Option(
+        Path("kallm-bench.json"), "--save", help="Where to write the results as JSON."
     ),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead."),
     quick: bool = typer.Option(False, help="Tiny counts: a smoke run of a few seconds."),
 ) -> None:
     """Requests/s and p50/p90/p99 of kallm (miss, exact hit, paraphrase hit) vs a direct call."""
@@ -164,8 +174,7 @@ def run(
         fail(str(exc), code=1)
     except (KeyboardInterrupt, asyncio.CancelledError):
         fail("interrupted; the servers it started were stopped", code=130)
-    print_report(result, console)
-    _write_json(json_path, result, console)
+    _show(result, as_json, save, console, print_report)
 
 
 @app.command()
@@ -188,9 +197,10 @@ def quality(
         True, "--guard/--no-guard", help="Apply kallm's hit guard, as the server does by default."
     ),
     embedder: BuiltinEmbedder = typer.Option(BuiltinEmbedder.local, help="The embedder to judge."),
-    json_path: Path = typer.Option(
-        Path("kallm-bench-quality.json"), "--json", help="Where to write the results as JSON."
+    save: Path = typer.Option(
+        Path("kallm-bench-quality.json"), "--save", help="Where to write the results as JSON."
     ),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead."),
 ) -> None:
     """Precision and recall per threshold on labelled pairs, and the threshold to use."""
     import asyncio
@@ -202,9 +212,7 @@ def quality(
         result = asyncio.run(evaluate(pairs, embedder.value, levels, guard, target_precision))
     except (PairsError, ValueError) as exc:
         fail(str(exc))
-    console = _console()
-    print_quality(result, console)
-    _write_json(json_path, result, console)
+    _show(result, as_json, save, _console(), print_quality)
 
 
 def register(root: typer.Typer) -> None:

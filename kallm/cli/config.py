@@ -13,7 +13,16 @@ from rich.console import Console
 from rich.table import Table
 
 from kallm.cli.common import CONFIG_OPTION, fail, settings_from
-from kallm.config import SPEC_BY_FIELD, Settings, default_config_path
+from kallm.cli.tables import folded
+from kallm.config import (
+    SPEC_BY_FIELD,
+    Settings,
+    default_config_path,
+    duration_text,
+    parse_duration,
+    parse_size,
+    size_text,
+)
 
 app = typer.Typer(
     help="Write a starter kallm.toml, or show the settings kallm would run with.",
@@ -117,9 +126,26 @@ def _mask(value: Any) -> str:
 
 
 def _shown(settings: Settings, name: str) -> str:
+    """A value as a person writes it in kallm.toml: ``24h`` not ``86400.0``, ``10MB`` not
+    ``10000000``, and the threshold actually in force rather than ``None``."""
     value = getattr(settings, name)
-    spec = SPEC_BY_FIELD.get(name)
-    return _mask(value) if spec is not None and spec.secret else str(value)
+    spec = SPEC_BY_FIELD[name]
+    if spec.secret:
+        return _mask(value)
+    if name == "similarity_threshold" and value is None:
+        from kallm.embed import default_threshold_of
+
+        embedder = settings.embedding_model
+        return f"{default_threshold_of(embedder)} (the {embedder} embedder's own)"
+    if value is None:
+        return "off"
+    if spec.parse is parse_duration:
+        return duration_text(value)
+    if spec.parse is parse_size:
+        return size_text(value)
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value)) or "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @app.command()
@@ -141,7 +167,10 @@ def show(
                 {
                     "config_file": str(loaded.config_path) if loaded.config_path else None,
                     "settings": {
-                        n: {"value": _shown(settings, n), "source": loaded.sources[n]}
+                        SPEC_BY_FIELD[n].toml_key: {
+                            "value": _shown(settings, n),
+                            "source": loaded.sources[n],
+                        }
                         for n in plain
                     },
                     "providers": providers,
@@ -155,7 +184,7 @@ def show(
     view = Table("setting", "value", "source")
     for name in plain:
         view.add_row(SPEC_BY_FIELD[name].toml_key, _shown(settings, name), loaded.sources[name])
-    console.print(view)
+    console.print(folded(view))
     if providers:
         table = Table("provider", "kind", "base_url", "models", "api key")
         for p in providers:
@@ -166,7 +195,7 @@ def show(
                 ", ".join(p["models"]),
                 p["api_key"] or f"(set {p['api_key_env']})",
             )
-        console.print(table)
+        console.print(folded(table))
     for alias in settings.aliases:
         console.print(f"alias [bold]{alias.name}[/] → {' → '.join(alias.route)}")
 

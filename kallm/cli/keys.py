@@ -27,7 +27,8 @@ from kallm.accounts.k8s import check_labels, k8s_secret, valid_namespace
 from kallm.accounts.keys import KeyRecord
 from kallm.cli.common import CONFIG_OPTION, err_console, fail, settings_from
 from kallm.cli.keyclient import KeyClient, env_or, open_keys
-from kallm.config import parse_duration
+from kallm.cli.tables import folded
+from kallm.config import duration_text, parse_duration
 from kallm.errors import KallmError
 
 app = typer.Typer(
@@ -205,13 +206,8 @@ def when(stamp: float | None, empty: str = "—") -> str:
 
 
 def span(seconds: float | None) -> str:
-    """30d, 24h, 90s: the largest unit that divides the duration (a day reads as 24h)."""
-    if seconds is None:
-        return "—"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0 and (unit != "d" or seconds > 86400):
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+    """30d, 24h, 90s, or — for none."""
+    return "—" if seconds is None else duration_text(seconds)
 
 
 def _budget(record: KeyRecord) -> str:
@@ -270,7 +266,7 @@ def key_table(records: list[KeyRecord]) -> Table:
             _short(r.last_used, "never"),
             f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]",
         )
-    return table
+    return folded(table)
 
 
 def key_details(r: KeyRecord) -> Table:

@@ -25,6 +25,7 @@ from kallm.accounts import usage
 from kallm.cli.common import CONFIG_OPTION, fail, settings_from
 from kallm.cli.keyclient import env_or, http_json
 from kallm.cli.keys import span, usd, when
+from kallm.cli.tables import folded
 from kallm.config import parse_duration
 from kallm.db import connect
 from kallm.errors import KallmError
@@ -91,14 +92,16 @@ class ServerReport:
 
 def _table(*columns: str, title: str | Text) -> Table:
     """Compact tables: a report must fit an 80-column terminal."""
-    return Table(
-        *columns,
-        title=title,
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-        title_style="bold",
+    return folded(
+        Table(
+            *columns,
+            title=title,
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+            title_style="bold",
+        )
     )
 
 

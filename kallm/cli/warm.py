@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kallm.cli.common import fail, settings_from
+from kallm.cli.common import CONFIG_OPTION, fail, settings_from
 
 if TYPE_CHECKING:  # the implementation (aiohttp, the server) loads only when a command runs
     from kallm.config import Settings
@@ -154,7 +154,7 @@ def warm_command(
         "auto", "--format", help="auto (per line: '{' starts JSON), text or jsonl."
     ),
     concurrency: int = typer.Option(
-        4, "--concurrency", "-c", min=1, max=256, help="Requests in flight at once."
+        4, "--concurrency", "-j", min=1, max=256, help="Requests in flight at once."
     ),
     api_key: str | None = typer.Option(
         None,
@@ -171,9 +171,7 @@ def warm_command(
         False, "--dry-run", help="Parse, count and estimate the cost; send nothing."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    config: Path | None = typer.Option(
-        None, "--config", help="kallm.toml for the in-process server (env KALLM_CONFIG)."
-    ),
+    config: Path | None = CONFIG_OPTION,
     cache_file: str | None = typer.Option(
         None, help="Cache file for the in-process server (env KALLM_CACHE_FILE)."
     ),

@@ -15,7 +15,13 @@ from kallm.embed.base import Embedder, l2_normalise
 
 log = logging.getLogger("kallm.embed")
 
-__all__ = ["Embedder", "create_embedder", "l2_normalise", "local_embedder"]
+__all__ = [
+    "Embedder",
+    "create_embedder",
+    "default_threshold_of",
+    "l2_normalise",
+    "local_embedder",
+]
 
 
 def local_embedder(name: str) -> Embedder | None:
@@ -33,6 +39,21 @@ def local_embedder(name: str) -> Embedder | None:
             log.warning("local embedding table missing (%s); using the hash embedder", exc)
             return HashEmbedder()
     return None
+
+
+def default_threshold_of(name: str) -> float:
+    """The measured default threshold of the embedder ``name`` (without loading its table)."""
+    if name == "local":
+        from kallm.embed.static import StaticEmbedder
+
+        return StaticEmbedder.default_threshold
+    if name == "hash":
+        from kallm.embed.hashing import HashEmbedder
+
+        return HashEmbedder.default_threshold
+    from kallm.embed.remote import RemoteEmbedder
+
+    return RemoteEmbedder.default_threshold
 
 
 def create_embedder(

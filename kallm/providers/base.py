@@ -9,6 +9,7 @@ pattern matching on model names — is shared here.
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from multidict import CIMultiDict
 from kallm.errors import UpstreamError, UpstreamTimeout
 from kallm.providers.config import ProviderConfig
 
+log = logging.getLogger("kallm.providers")
 VIA_HEADER = "X-Kallm-Via"  # see kallm.server.loop
 
 # RFC 9110 §7.6.1 connection-specific headers, plus ones a proxy must set itself.
@@ -149,12 +151,27 @@ class Provider:
 
     @contextmanager
     def errors(self) -> Iterator[None]:
-        """Turn the client's exceptions, while sending or reading, into ours."""
+        """Turn the client's exceptions, while sending or reading, into ours. What the caller
+        sees names the provider, never its internal address; the log has the detail."""
         try:
             yield
         except TimeoutError:
-            raise UpstreamTimeout(
-                f"provider {self.name} ({self.base_url}) did not answer in time"
-            ) from None
+            log.warning("provider %s (%s) did not answer in time", self.name, self.base_url)
+            raise UpstreamTimeout(f"provider {self.name} did not answer in time") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"provider {self.name} ({self.base_url}) failed: {exc}") from None
+            log.warning("provider %s (%s) failed: %s", self.name, self.base_url, exc)
+            raise UpstreamError(
+                f"provider {self.name} failed ({_kind_of(exc)}); see the server log"
+            ) from None
+
+
+def _kind_of(exc: aiohttp.ClientError) -> str:
+    """``connection refused``, ``connection reset``...: what happened, without addresses."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror if exc.os_error.strerror else "cannot connect"
+        return str(reason).lower()
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "disconnected"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "broken answer"
+    return type(exc).__name__

@@ -120,7 +120,7 @@ def parse_aliases(
     raw = document.get("models", {})
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{origin}: [models.NAME] tables expected")
-    names = {p.name for p in providers}
+    names = {p.name for p in providers} or {"openai"}  # the implicit upstream's name
     aliases = []
     for alias, body in raw.items():
         route = body.get("route") if isinstance(body, Mapping) else None
@@ -130,7 +130,7 @@ def parse_aliases(
             raise ConfigError(f'{origin}: [models.{alias}] needs route = ["provider/model", ...]')
         for step in route:
             provider = str(step).split("/", 1)[0]
-            if "/" not in str(step) or (names and provider not in names):
+            if "/" not in str(step) or provider not in names:
                 raise ConfigError(
                     f"{origin}: [models.{alias}] route step {step!r} must be provider/model "
                     f"with a configured provider ({', '.join(sorted(names)) or 'none'})"

@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 from aiohttp import web
 
@@ -133,6 +135,8 @@ async def _keys(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     keys = runtime.backends.keys
     settings = runtime.settings
+    if settings.keys_dir is not None and not settings.keys_dir.is_dir():
+        raise ConfigError(f"auth.keys_dir {settings.keys_dir}: not a directory")
     if keys is None and runtime.virtual_keys:
         raise ConfigError("auth = virtual-keys needs a key store: set db.path (--db)")
     if keys is not None:
@@ -207,10 +211,25 @@ def _keeper(runtime: Runtime, embedder_name: str) -> SnapshotKeeper | None:
     backend = runtime.backends.cache
     if path is None or not hasattr(backend, "entries"):
         return None
+    _check_writable(path)
     runtime.keeper = SnapshotKeeper(backend, path, embedder_name)  # type: ignore[arg-type]
     loaded = runtime.keeper.load()
     log.info("cache: %d entries loaded from %s", loaded, path)
     return runtime.keeper
+
+
+def _check_writable(path: Path) -> None:
+    """A cache file kallm cannot write would fail only at shutdown, losing the cache: say so
+    at start-up instead."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".kallm-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cache.file {path}: its folder is not writable ({exc.strerror or exc}); "
+            "choose another path or 'off'"
+        ) from None
 
 
 async def _prune_forever(runtime: Runtime) -> None:
