@@ -160,7 +160,6 @@ def test_watch_redraws_until_ctrl_c(
         (["--last", "-1"], 2, "--last -1"),
         (["--interval", "soon"], 2, "--interval"),
         (["--watch", "--json"], 2, "pick one"),
-        (["--url", "http://127.0.0.1:9", "--since", "7d"], 2, "use them with --db"),
         (["--url", "http://127.0.0.1:9", "--db", "x.db"], 2, "pick one"),
         (["--url", "http://127.0.0.1:9"], 1, "cannot reach kallm"),
         (["--db", "missing.db"], 1, "no database at missing.db"),

@@ -34,10 +34,17 @@ def _with_rate(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
-def totals(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
+def _of_key(key_id: str | None) -> tuple[str, tuple[Any, ...]]:
+    """The extra condition (and its parameter) that keeps one key's rows, or none."""
+    return (" AND r.key_id = ?", (key_id,)) if key_id is not None else ("", ())
+
+
+def totals(conn: sqlite3.Connection, since: float, key_id: str | None = None) -> dict[str, Any]:
     """Requests, hits, misses, hit rate, errors, tokens, spend and savings since ``since``."""
+    only, params = _of_key(key_id)
     row = conn.execute(
-        f"SELECT {_MEASURES} FROM requests r WHERE r.time >= ? AND {_API}", (since,)
+        f"SELECT {_MEASURES} FROM requests r WHERE r.time >= ? AND {_API}{only}",
+        (since, *params),
     ).fetchone()
     return _with_rate(row)
 
@@ -54,12 +61,15 @@ def by_key(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
     return [_with_rate(row) for row in rows]
 
 
-def by_model(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
+def by_model(
+    conn: sqlite3.Connection, since: float, key_id: str | None = None
+) -> list[dict[str, Any]]:
     """The measures per requested model (the name the client used), most spend first."""
+    only, params = _of_key(key_id)
     rows = conn.execute(
-        f"SELECT r.model AS model, {_MEASURES} FROM requests r WHERE r.time >= ? AND {_API} "
-        "GROUP BY r.model ORDER BY spend_usd DESC, requests DESC, r.model",
-        (since,),
+        f"SELECT r.model AS model, {_MEASURES} FROM requests r WHERE r.time >= ? AND {_API}"
+        f"{only} GROUP BY r.model ORDER BY spend_usd DESC, requests DESC, r.model",
+        (since, *params),
     )
     return [_with_rate(row) for row in rows]
 
@@ -75,3 +85,13 @@ def recent(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
         (max(0, limit),),
     )
     return [dict(row) for row in rows]
+
+
+def report(conn: sqlite3.Connection, since: float, last: int) -> dict[str, Any]:
+    """Everything ``kallm stats`` shows: totals, by key, by model and the last requests."""
+    return {
+        "totals": totals(conn, since),
+        "by_key": by_key(conn, since),
+        "by_model": by_model(conn, since),
+        "recent": recent(conn, last),
+    }

@@ -60,10 +60,7 @@ class DatabaseReport:
             "generated_at": now,
             "since": since,
             "period_seconds": self.period,
-            "totals": usage.totals(self.conn, since),
-            "by_key": usage.by_key(self.conn, since),
-            "by_model": usage.by_model(self.conn, since),
-            "recent": usage.recent(self.conn, self.last),
+            **usage.report(self.conn, since, self.last),
         }
 
     def close(self) -> None:
@@ -71,17 +68,29 @@ class DatabaseReport:
 
 
 class ServerReport:
-    """A running server's cache counters: no request log, so no spend or recent requests."""
+    """A running server: its cache counters (``GET /stats``) and, with the admin key, its
+    spend and usage by key and model (``GET /admin/usage``), as on Kubernetes where nobody
+    should exec into a pod to read a database."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, admin_key: str | None, period: float, last: int):
         self.url = url.rstrip("/")
+        self.admin_key = admin_key
+        self.period, self.last = period, last
 
     def snapshot(self) -> dict[str, Any]:
-        return {
+        snap: dict[str, Any] = {
             "source": {"url": self.url},
             "generated_at": time.time(),
             "server": http_json("GET", f"{self.url}/stats"),
         }
+        if self.admin_key:
+            query = f"since={int(self.period)}s&last={self.last}"
+            snap["usage"] = http_json(
+                "GET",
+                f"{self.url}/admin/usage?{query}",
+                headers={"Authorization": f"Bearer {self.admin_key}"},
+            )
+        return snap
 
     def close(self) -> None:
         """Nothing held between requests."""
@@ -184,8 +193,7 @@ def render_database(snap: dict[str, Any]) -> RenderableType:
         "spend",
         "saved",
         title=Text(
-            f"last {span(snap['period_seconds'])} (since "
-            f"{when(snap['since'])}) · {snap['source']['db']}",
+            f"last {span(snap['period_seconds'])} (since {when(snap['since'])}) · {_source(snap)}",
             style="bold",
         ),
     )
@@ -230,12 +238,19 @@ def render_server(snap: dict[str, Any]) -> RenderableType:
     ]
     for name, value in rows:
         table.add_row(Text(name, style="bold"), Text(value))
-    note = Text(
-        "Spend by key and model, and recent requests, are in the server's database: "
-        "kallm stats --db PATH",
-        style="dim",
-    )
-    return Group(Text(f"kallm at {snap['source']['url']}", style="bold"), table, note)
+    parts: list[RenderableType] = [Text(f"kallm at {snap['source']['url']}", style="bold"), table]
+    if "usage" in snap:
+        parts.append(render_database(snap["usage"]))
+    else:
+        parts.append(
+            Text("Spend by key and model: add --admin-key (or KALLM_ADMIN_KEY)", style="dim")
+        )
+    return Group(*parts)
+
+
+def _source(snap: dict[str, Any]) -> str:
+    source = snap.get("source", {})
+    return str(source.get("db") or source.get("url") or "")
 
 
 def render(snap: dict[str, Any]) -> RenderableType:
@@ -275,24 +290,29 @@ def _seconds(text: str, flag: str) -> float:
 
 
 def open_report(
-    config: Path | None, db: Path | None, url: str | None, since: str | None, last: int | None
+    config: Path | None,
+    db: Path | None,
+    url: str | None,
+    since: str | None,
+    last: int | None,
+    admin_key: str | None = None,
 ) -> Report:
     """The report the flags ask for; bad combinations end with one line. The database is
     the one the settings name (defaults < kallm.toml < KALLM_DB < --db), as for serve."""
     url = env_or(url, "KALLM_URL")
     if url and db is not None:
         fail("--db and --url (or KALLM_URL) both given: pick one")
-    if url:
-        if since is not None or last is not None:
-            fail("--since and --last read the request log: use them with --db, not --url")
-        return ServerReport(url)
     if last is not None and last < 0:
         fail(f"--last {last}: expected zero or more")
     period = DEFAULT_SINCE if since is None else _seconds(since, "--since")
-    path = settings_from(config, db_path=db).settings.db_path
+    count = DEFAULT_LAST if last is None else last
+    settings = settings_from(config, db_path=db, admin_key=admin_key).settings
+    if url:
+        return ServerReport(url, settings.admin_key, period, count)
+    path = settings.db_path
     if path is None:
         fail("db.path is off, so there is no request log: pass --db PATH or --url")
-    return DatabaseReport(path, period, DEFAULT_LAST if last is None else last)
+    return DatabaseReport(path, period, count)
 
 
 def stats(
@@ -306,15 +326,19 @@ def stats(
     url: str | None = typer.Option(
         None,
         "--url",
-        help="A running kallm, e.g. http://127.0.0.1:8080 (env KALLM_URL): its GET /stats.",
+        help="A running kallm, e.g. http://127.0.0.1:8080 (env KALLM_URL): its GET /stats, "
+        "and spend by key and model with --admin-key.",
+    ),
+    admin_key: str | None = typer.Option(
+        None, "--admin-key", help="The server's admin key, with --url (env KALLM_ADMIN_KEY)."
     ),
     since: str | None = typer.Option(
-        None, "--since", help="Period of the totals: 24h, 7d, 1mo (default 24h; database only)."
+        None, "--since", help="Period of the totals: 24h, 7d, 1mo (default 24h)."
     ),
     last: int | None = typer.Option(
         None,
         "--last",
-        help="How many recent requests to list (default 10; 0 for none; database only).",
+        help="How many recent requests to list (default 10; 0 for none).",
     ),
     live: bool = typer.Option(False, "--watch", "-w", help="Redraw until Ctrl-C."),
     interval: str = typer.Option("2s", "--interval", help="Time between redraws with --watch."),
@@ -326,7 +350,7 @@ def stats(
     every = _seconds(interval, "--interval")
     report: Report | None = None
     try:
-        report = open_report(config, db, url, since, last)
+        report = open_report(config, db, url, since, last, admin_key)
         if as_json:
             print(json.dumps(report.snapshot(), indent=2))
         elif live:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -168,8 +169,8 @@ class Provider:
 def _kind_of(exc: aiohttp.ClientError) -> str:
     """``connection refused``, ``connection reset``...: what happened, without addresses."""
     if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror if exc.os_error.strerror else "cannot connect"
-        return str(reason).lower()
+        code = exc.os_error.errno
+        return os.strerror(code).lower() if code else "cannot connect"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "disconnected"
     if isinstance(exc, aiohttp.ClientPayloadError):

@@ -22,6 +22,7 @@ from kallm.errors import AdminDisabled, AuthenticationError, KallmError, Request
 from kallm.server.cacheadmin import import_entries
 from kallm.server.request import bearer_token, json_object
 from kallm.server.runtime import runtime_of
+from kallm.server.usage import admin_usage
 
 
 class DatabaseBusy(KallmError):
@@ -110,4 +111,5 @@ def admin_app() -> web.Application:
     app.router.add_delete("/keys/{ref}", revoke_key)
     app.router.add_post("/keys/{ref}/rotate", rotate_key)
     app.router.add_post("/cache/entries", import_entries)
+    app.router.add_get("/usage", admin_usage)
     return app

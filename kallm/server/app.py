@@ -36,7 +36,16 @@ from kallm.embed import Embedder, create_embedder
 from kallm.errors import ConfigError, KallmError
 from kallm.metrics import Metrics
 from kallm.providers.router import Router
-from kallm.server import admin, chat, messages, ops, passthrough, responses
+from kallm.server import (
+    admin,
+    catalogue,
+    chat,
+    messages,
+    ops,
+    passthrough,
+    responses,
+    usage,
+)
 from kallm.server.admission import admit
 from kallm.server.health import Health
 from kallm.server.loop import new_instance_id
@@ -83,6 +92,7 @@ def create_app(
         health=Health(),
     )
     runtime.metrics = Metrics(runtime)
+    runtime.catalogue = catalogue.Catalogue(runtime.router)
     app[RUNTIME] = runtime
     if spend is not None:
         app[_SPEND] = spend
@@ -99,7 +109,8 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/messages", messages.messages)
     app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
     app.router.add_post("/v1/responses", responses.responses)
-    app.router.add_get("/v1/models", passthrough.models)
+    app.router.add_get("/v1/models", catalogue.models)
+    app.router.add_get("/v1/kallm/usage", usage.own_usage)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough.passthrough)
     app.router.add_get("/health", ops.health)
     app.router.add_get("/stats", ops.stats)

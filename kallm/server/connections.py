@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from kallm.errors import KallmError
 
 SWEEP_SECONDS = 1.0
+log = logging.getLogger("kallm.server")
 
 
 class RequestTimeout(KallmError):
@@ -63,3 +68,42 @@ async def close_stalled(
         alive = set(live)
         for connection in [c for c in last_seen if c not in alive]:
             del last_seen[connection]
+
+
+class _JsonErrorHandler(RequestHandler):
+    """aiohttp's protocol handler, but the errors it answers itself (a request line or
+    header it cannot parse, before any of kallm's code runs) are OpenAI's error JSON and
+    one log line, not plain text and a traceback."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        reason = getattr(exc, "message", None) or message or HTTPStatus(status).phrase
+        reason = " ".join(str(reason).split())[:200]
+        log.info("refused a malformed request from %s: %s", request.remote, reason)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was already sent; cannot send the error")
+        error = KallmError(f"malformed HTTP request: {reason}")
+        error.status = status
+        error.type = "invalid_request_error" if status < 500 else "server_error"
+        response = web.json_response(error.to_body(), status=status)
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class KallmRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections answer protocol errors in kallm's error shape."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer
+        return server

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from typing import Any
 
 from aiohttp import web
@@ -78,22 +77,6 @@ async def _policed(
 def _counted(admitted: Admission, relayed: int) -> Usage:
     output = 0 if admitted.path.route.name == "embeddings" else relayed
     return Usage(len(admitted.body) // CHARS_PER_TOKEN, math.ceil(output / CHARS_PER_TOKEN))
-
-
-async def models(request: web.Request) -> web.StreamResponse:
-    runtime = runtime_of(request)
-    if not runtime.settings.providers:
-        return await relay(request, runtime.router.default, "/models", None)
-    now = int(time.time())
-    return web.json_response(
-        {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": now, "owned_by": name.split("/")[0]}
-                for name in runtime.router.listed_models()
-            ],
-        }
-    )
 
 
 class UsageTap:

@@ -76,6 +76,7 @@ COUNT_TOKENS = Route(
     "messages.count_tokens", Group.POLICED, Dialect.ANTHROPIC, "/v1/messages/count_tokens"
 )
 MODELS = Route("models", Group.CATALOGUE, label="/v1/models")
+USAGE = Route("usage", Group.CATALOGUE, label="/v1/kallm/usage")  # a key's own spend
 UNKNOWN = Route("other", Group.UNKNOWN)
 ADMIN = Route("admin", Group.ADMIN, label="/admin")
 
@@ -88,6 +89,7 @@ _EXACT: dict[tuple[str, ...], Route] = {
     ("messages",): MESSAGES,
     ("messages", "count_tokens"): COUNT_TOKENS,
     ("models",): MODELS,
+    ("kallm", "usage"): USAGE,
 }
 # Organisation routes by their first segment; their sub-paths (ids, actions) belong to them.
 # ``responses/{id}`` reads or deletes stored responses: shared state, so it is one of them.

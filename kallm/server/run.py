@@ -18,7 +18,7 @@ from kallm.config import Settings
 from kallm.errors import ConfigError
 from kallm.providers.router import provider_configs
 from kallm.server.app import create_app
-from kallm.server.connections import close_stalled
+from kallm.server.connections import KallmRunner, close_stalled
 from kallm.server.loop import upstream_is_self
 
 log = logging.getLogger("kallm.server")
@@ -49,7 +49,7 @@ class Served:
 
 async def start_serving(app: web.Application, settings: Settings, host: str, port: int) -> Served:
     """Start ``app`` (its components, then the socket) and the connection timers."""
-    runner = web.AppRunner(
+    runner = KallmRunner(
         app,
         access_log=None,
         shutdown_timeout=GRACE_SECONDS,

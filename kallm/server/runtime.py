@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from kallm.cache.semantic import SemanticCache
     from kallm.db import DatabaseWriter
     from kallm.metrics import Metrics
+    from kallm.server.catalogue import Catalogue
     from kallm.server.health import Health
 
 
@@ -35,6 +36,7 @@ class Runtime:
     instance_id: str
     health: Health
     metrics: Metrics | None = None
+    catalogue: Catalogue | None = None
     cache: SemanticCache | None = None  # set once the embedder is ready
     keeper: SnapshotKeeper | None = None
     request_log: DatabaseWriter | None = None
