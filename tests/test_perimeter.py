@@ -286,6 +286,60 @@ def test_an_unknown_v1_route_is_404_under_keys(
     received_nothing(upstream.fake)
 
 
+# Policed routes are POST and the catalogue is GET; any other method on their paths is
+# another endpoint upstream: GET /v1/chat/completions lists the organisation's stored
+# completions, DELETE /v1/models/{id} deletes one of its fine-tuned models.
+OTHER_METHODS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("DELETE", "/v1/models/ft:gpt-4o-mini:acme::abc123", None),
+    ("POST", "/v1/models", {"model": MODEL}),
+    ("GET", "/v1/chat/completions?limit=100", chat_body(MODEL)),
+    ("DELETE", "/v1/chat/completions", chat_body(MODEL)),
+    ("GET", "/v1/responses", {"model": MODEL, "input": "x"}),
+    ("PUT", "/v1/embeddings", {"model": MODEL, "input": "x"}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), OTHER_METHODS)
+def test_a_known_path_with_another_method_never_reaches_upstream(
+    keyed: Proxy, upstream: Upstream, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    secret = attacker(keyed)
+    reply = raw(keyed, method, path, bearer(secret), body)
+    assert reply.status in (403, 404, 405), (reply.status, reply.body[:200])
+    received_nothing(upstream.fake)
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    assert len(names) == len(set(names)), f"the upstream received duplicated keys: {names}"
+    return dict(pairs)
+
+
+@pytest.mark.parametrize(
+    ("path", "rest"),
+    [
+        (CHAT, b'"messages":[{"role":"user","content":"dup"}]'),
+        ("/v1/completions", b'"prompt":"dup"'),
+        ("/v1/embeddings", b'"input":"dup"'),
+    ],
+)
+def test_a_duplicated_model_field_goes_upstream_as_the_model_that_was_checked(
+    keyed: Proxy, upstream: Upstream, path: str, rest: bytes
+) -> None:
+    """JSON parsers disagree on duplicated keys (Python's keeps the last, others the first
+    or refuse). kallm checks the last ``model``; what it forwards must not let a parser
+    that keeps the first one see ``gpt-4o``: refuse the body, or send the checked one."""
+    secret = attacker(keyed)
+    body = b'{"model":"gpt-4o",' + rest + b',"model":"gpt-4o-mini"}'
+    reply = raw(keyed, "POST", path, bearer(secret), body)
+    if reply.status == 400:
+        received_nothing(upstream.fake)
+        return
+    assert reply.status == 200, reply.body[:200]
+    sent = json.loads(upstream.fake.requests[-1].body, object_pairs_hook=_pairs_without_duplicates)
+    assert sent["model"] == MODEL
+
+
 # ---------------------------------------------------------------- 2. chat by another path
 
 OTHER_SPELLINGS = [
