@@ -399,23 +399,21 @@ def start_serve(upstream: Upstream, db: Path, log: Path) -> tuple[subprocess.Pop
     return process, root
 
 
-@pytest.mark.parametrize("mode", ["json", "stream", "raw-stream"])
-def test_kill_9_forgets_no_answered_request(upstream: Upstream, tmp_path: Path, mode: str) -> None:
-    """40 sequential answered requests, then ``kill -9``: the database holds their cost.
-    ``raw-stream``: the last answer is read on a raw socket and the kill follows the
-    ``[DONE]`` event at once, as a client that has its whole answer may do."""
-    db = tmp_path / "kallm.db"
+def crash_run(upstream: Upstream, where: Path, mode: str, n: int) -> tuple[list[float], float]:
+    """``n`` sequential answered requests to a ``kallm serve`` process, ``kill -9`` right
+    after the last answer; the answers' costs, and the key's spend found on disk."""
+    where.mkdir()
+    db = where / "kallm.db"
     _, secret = KeyStore(connect(db)).create("crash", models=[MODEL], budget_usd=100.0)
-    process, root = start_serve(upstream, db, tmp_path / "serve.log")
+    process, root = start_serve(upstream, db, where / "serve.log")
+    port = int(root.rsplit(":", 1)[1])
     costs = []
-    stream = mode != "json"
     try:
         client = openai.OpenAI(base_url=root + "/v1", api_key=secret, max_retries=0, timeout=10)
-        for i in range(40):
+        for i in range(n):
             text = f"Crash course number {i}, please"
             messages: Any = [{"role": "user", "content": text}]
-            if mode == "raw-stream" and i == 39:
-                port = int(root.rsplit(":", 1)[1])
+            if mode == "raw-stream" and i == n - 1:
                 conn = rawhttp.RawStream("127.0.0.1", port)
                 headers = bearer(secret) + list(NO_CACHE.items())
                 body = chat_body(MODEL, text, stream=True)
@@ -432,7 +430,7 @@ def test_kill_9_forgets_no_answered_request(upstream: Upstream, tmp_path: Path, 
                 assert events[-1] == b"[DONE]"
                 costs.append(cost(MODEL, len(text.split()), len(f"Answer to: {text}".split())))
                 break
-            if stream:
+            if mode != "json":
                 chunks = list(
                     client.chat.completions.create(
                         model=MODEL,
@@ -463,7 +461,29 @@ def test_kill_9_forgets_no_answered_request(upstream: Upstream, tmp_path: Path, 
         f"their cost ${sum(costs):.9f}, spend on disk ${spend:.9f}, "
         f"lost ${sum(costs) - spend:.9f} (one request ${costs[-1]:.9f})"
     )
+    return costs, spend
+
+
+@pytest.mark.parametrize("mode", ["json", "stream"])
+def test_kill_9_forgets_no_answered_request(upstream: Upstream, tmp_path: Path, mode: str) -> None:
+    """40 sequential answered requests (JSON, or streams read to their end by the SDK),
+    then ``kill -9``: the database holds what they cost; none was in flight."""
+    costs, spend = crash_run(upstream, tmp_path / "run", mode, 40)
     assert spend == pytest.approx(sum(costs), rel=1e-9), (spend, sum(costs))
+
+
+def test_kill_9_right_after_a_streams_done_forgets_nothing(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """The last answer is a stream read on a raw socket; the kill follows its ``[DONE]``
+    event at once, as a client that has its whole answer may do. Three short runs: the
+    window between ``[DONE]`` and the commit is about a millisecond."""
+    for run in range(3):
+        costs, spend = crash_run(upstream, tmp_path / f"run{run}", "raw-stream", 10)
+        assert spend == pytest.approx(sum(costs), rel=1e-9), (
+            f"run {run}: the answered requests cost ${sum(costs):.9f}, the database holds "
+            f"${spend:.9f} (the last stream's ${costs[-1]:.9f} forgotten)"
+        )
 
 
 def test_a_bad_request_id_loses_no_other_log_row(
