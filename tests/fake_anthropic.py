@@ -125,6 +125,7 @@ class FakeAnthropic(FakeServer):
 
     def reset(self) -> None:
         super().reset()
+        self.raw_paths: list[str] = []
         self.stream_error_after: int | None = None
         self.api_key: str | None = None
         self.cache_read_tokens = 0
@@ -135,6 +136,7 @@ class FakeAnthropic(FakeServer):
         self._cached_prefixes: set[str] = set()
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self.raw_paths.append(request.raw_path)  # the target exactly as it arrived
         _raw, parsed = await self.record(request)
         headers = {"request-id": f"req_{uuid.uuid4().hex[:24]}"}
         try:

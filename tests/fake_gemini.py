@@ -174,6 +174,7 @@ class FakeGemini(FakeServer):
 
     def reset(self) -> None:
         super().reset()
+        self.raw_paths: list[str] = []
         self.api_key: str | None = None
         self.cached_tokens = 0
         self.finish_reason: str | None = None
@@ -181,6 +182,7 @@ class FakeGemini(FakeServer):
         self.signatures: set[str] = set()
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self.raw_paths.append(request.raw_path)  # the target exactly as it arrived
         _raw, parsed = await self.record(request)
         try:
             await self.pause(self.stall_seconds)

@@ -155,6 +155,13 @@ class FakeUpstream(FakeServer):
       never reaching finish_reason, usage or ``[DONE]``.
     - ``chunk_delay``: sleep between SSE chunks.
     - ``reply``: fixed content instead of ``f"Answer to: {last user text}"``.
+    - ``image_tokens``: prompt tokens each image part of a chat message adds to usage
+      (0: images are free, as before), to bill images as a provider would.
+    - ``canned``: ``{(method, path): json}``; such a request answers 200 with it (for
+      routes the fake does not otherwise serve: files, batches, ...).
+
+    Observation beyond ``requests``: ``raw_paths``, each request's target exactly as it
+    arrived (undecoded, query included).
 
     ``/v1/responses`` (the Responses API) follows the same steering: failures,
     stalls, ``cut_stream_after`` (N events, then the socket drops before the
@@ -185,6 +192,9 @@ class FakeUpstream(FakeServer):
         super().reset()
         self.retry_after_ms: int | None = None
         self.chunk_delay: float = 0.0
+        self.image_tokens: int = 0
+        self.canned: dict[tuple[str, str], Any] = {}
+        self.raw_paths: list[str] = []
 
     @property
     def chat_calls(self) -> int:
@@ -199,7 +209,11 @@ class FakeUpstream(FakeServer):
     # -- plumbing -------------------------------------------------------------
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self.raw_paths.append(request.raw_path)
         _raw, parsed = await self.record(request)
+        canned = self.canned.get((request.method, request.path))
+        if canned is not None:
+            return web.json_response(canned, headers=_response_headers())
         try:
             await self.pause(self.stall_seconds)
             handler = self._route(request)
@@ -250,6 +264,7 @@ class FakeUpstream(FakeServer):
             self._chat_turn(messages, tools, body.get("tool_choice"), i, limit) for i in range(n)
         ]
         prompt_tokens = sum(count_tokens(_text_of(m)) for m in messages)
+        prompt_tokens += self.image_tokens * sum(_image_parts(m) for m in messages)
         usage = _usage(prompt_tokens, sum(t.tokens for t in turns))
         base = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
@@ -1173,6 +1188,13 @@ def _text_of(message: dict[str, Any]) -> str:
             if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
     return ""
+
+
+def _image_parts(message: dict[str, Any]) -> int:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return 0
+    return sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image_url")
 
 
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
