@@ -33,15 +33,32 @@ def estimate(
     prices: PriceTable, models: Iterable[str], payload: Mapping[str, Any], body_size: int
 ) -> Estimate:
     """The worst case of sending ``payload`` (``body_size`` bytes) to any of ``models``."""
-    prompt = body_size // CHARS_PER_TOKEN + IMAGE_TOKENS * count_images(payload)
-    choices = payload.get("n") if isinstance(payload.get("n"), int) else 1
+    images = count_images(payload)
+    answers = answers_per_call(payload)
     tokens, usd = 0, 0.0
     for model in models:
+        per_image = prices.max_image_tokens(model) or IMAGE_TOKENS
+        prompt = body_size // CHARS_PER_TOKEN + per_image * images
         output = requested_output(payload) or prices.max_output(model) or FALLBACK_OUTPUT_TOKENS
-        output *= max(choices, 1)
+        output *= answers
         tokens = max(tokens, prompt + output)
         usd = max(usd, prices.cost(model, Usage(prompt, output)))
     return Estimate(tokens, usd)
+
+
+def answers_per_call(payload: Mapping[str, Any]) -> int:
+    """How many answers one call produces: ``n`` (or legacy ``best_of``, generated even
+    when fewer are returned) times the prompts of a legacy completions batch."""
+
+    def whole(name: str) -> int:
+        value = payload.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+    prompt = payload.get("prompt")
+    prompts = (
+        len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+    )
+    return max(whole("n"), whole("best_of")) * max(prompts, 1)
 
 
 def requested_output(payload: Mapping[str, Any]) -> int | None:

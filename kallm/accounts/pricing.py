@@ -90,6 +90,10 @@ def shipped_output_limits() -> dict[str, int]:
     return dict(_shipped().get("max_output_tokens", {}))
 
 
+def shipped_image_tokens() -> dict[str, int]:
+    return dict(_shipped().get("max_image_tokens", {}))
+
+
 _PRICE_KEYS = ("input", "cached_input", "output", "cache_write", "max_output")
 
 
@@ -150,6 +154,8 @@ class PriceTable:
             {m: p.max_output for m, p in (overrides or {}).items() if p.max_output is not None}
         )
         self._limits_by_length = sorted(self._limits, key=len, reverse=True)
+        self._images = shipped_image_tokens()
+        self._images_by_length = sorted(self._images, key=len, reverse=True)
 
     def price_of(self, model: str) -> Price | None:
         return _lookup(self._prices, self._by_length, model)
@@ -157,6 +163,10 @@ class PriceTable:
     def max_output(self, model: str) -> int | None:
         """The most tokens one call of ``model`` can produce, if the table knows it."""
         return _lookup(self._limits, self._limits_by_length, model)
+
+    def max_image_tokens(self, model: str) -> int | None:
+        """The most input tokens one image can cost on ``model``, if the table knows it."""
+        return _lookup(self._images, self._images_by_length, model)
 
     def cost(self, model: str, usage: Usage) -> float:
         """USD for this usage; 0.0 for a model with no listed price (e.g. a local one)."""

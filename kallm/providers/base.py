@@ -9,6 +9,7 @@ pattern matching on model names — is shared here.
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from kallm.errors import UpstreamError, UpstreamTimeout
 from kallm.providers.config import ProviderConfig
@@ -61,12 +63,20 @@ class HttpCall:
     data: bytes
 
 
+def encode_payload(payload: dict[str, Any], model: str | None = None) -> bytes:
+    """The body sent upstream: the request as kallm checked it, re-encoded (never the
+    client's bytes, which may say something else to another JSON parser: a duplicated
+    ``model`` is read last-wins here and first-wins elsewhere)."""
+    if model is not None and payload.get("model") != model:
+        payload = {**payload, "model": model}
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 @dataclass(frozen=True, slots=True)
 class ChatCall:
     """What the chat route hands a provider: the request and its caller's headers."""
 
     payload: dict[str, Any]
-    raw: bytes  # the body as the client sent it (relayed untouched where possible)
     model: str  # the upstream model name for this route
     stream: bool
     client_headers: Mapping[str, str]
@@ -143,8 +153,10 @@ class Provider:
         if self.via:
             headers = CIMultiDict(headers)
             headers[VIA_HEADER] = self.via
-        with self.errors():
-            return await self.session.request(method, url, headers=headers, data=data)
+        with self.errors():  # the URL is sent as built: kallm encoded its path, not yarl
+            return await self.session.request(
+                method, URL(url, encoded=True), headers=headers, data=data
+            )
 
     async def open_chat(self, call: ChatCall) -> aiohttp.ClientResponse:
         http = self.adapter.chat_call(self, call)

@@ -6,11 +6,10 @@ same, and answers and stream events come back byte for byte.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from kallm.errors import AuthenticationError
-from kallm.providers.base import ChatCall, HttpCall, Provider, forwardable
+from kallm.providers.base import ChatCall, HttpCall, Provider, encode_payload, forwardable
 
 _NOT_FORWARDED = frozenset({"authorization", "accept-encoding", "content-type"})
 
@@ -46,16 +45,13 @@ class OpenAIAdapter:
         headers["Authorization"] = authorization(provider, call.client_headers)
         headers["Accept-Encoding"] = "identity"  # we read the answer to cache it
         headers["Content-Type"] = "application/json"
-        data = call.raw
-        if call.stream or call.payload.get("model") != call.model:
-            body: dict[str, Any] = {**call.payload, "model": call.model}
-            if call.stream:  # ask for usage so the answer can be priced and replayed
-                body["stream_options"] = {
-                    **(call.payload.get("stream_options") or {}),
-                    "include_usage": True,
-                }
-            data = json.dumps(body).encode()
-        return HttpCall(provider.url("/chat/completions"), headers, data)
+        body: dict[str, Any] = call.payload
+        if call.stream:  # ask for usage so the answer can be priced and replayed
+            options = {**(call.payload.get("stream_options") or {}), "include_usage": True}
+            body = {**body, "stream_options": options}
+        return HttpCall(
+            provider.url("/chat/completions"), headers, encode_payload(body, call.model)
+        )
 
     def answer(self, status: int, body: bytes, model: str) -> bytes:
         return body

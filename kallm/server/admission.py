@@ -34,9 +34,9 @@ from kallm.errors import (
     RouteClosed,
     RouteNotFound,
 )
-from kallm.providers.router import Route
+from kallm.providers.router import Route, Router
 from kallm.server.connections import read_body
-from kallm.server.log import request_log
+from kallm.server.log import RequestLog, request_log
 from kallm.server.request import bearer_token, check_limits, check_model, json_object
 from kallm.server.request import parse_chat_request as parse_chat
 from kallm.server.routes import CHAT, COUNT_TOKENS, Dialect, Group, RequestPath
@@ -175,7 +175,7 @@ async def _admit_model(runtime: Runtime, request: web.Request, admitted: Admissi
     if key is None:
         admitted.credential = _credential(request, admitted)
         return
-    if not _allowed(runtime, key, model, admitted.routes):
+    if not allowed(runtime.router, key, model, admitted.routes):
         raise ModelNotAllowed(f"This key may not use the model '{model}'.", param="model")
     if admitted.path.route is COUNT_TOKENS:  # counting tokens is free: nothing to reserve
         admitted.estimate = Estimate(0, 0.0)
@@ -192,12 +192,14 @@ async def _admit_model(runtime: Runtime, request: web.Request, admitted: Admissi
     admitted.estimate = estimate(runtime.prices, models, payload, len(body))
 
 
-def _allowed(runtime: Runtime, key: KeyRecord, model: str, routes: list[Route]) -> bool:
-    """An alias the key names is its routes granted; otherwise every model the request may
-    call (after alias resolution, as the provider knows it) must be on the key's list."""
+def allowed(router: Router, key: KeyRecord, model: str, routes: list[Route]) -> bool:
+    """An alias the key names literally is its routes granted (a glob such as
+    ``gemini-2.5-flash*`` must not grant ``gemini-2.5-flash-smart`` routed to a pro model);
+    otherwise every model the request may call (after alias resolution, as the provider
+    knows it) must be on the key's list."""
     if key.models is None:
         return True
-    if model in runtime.router.aliases and key.allows(model):
+    if model in router.aliases and model in key.models:
         return True
     return all(
         key.allows(route.model) or key.allows(f"{route.provider.name}/{route.model}")
@@ -248,6 +250,19 @@ def require_payload(admitted: Admission) -> dict[str, Any]:
     if admitted.payload is None:
         raise RequestError("this route needs a JSON body naming a model")
     return admitted.payload
+
+
+async def settle_once(runtime: Runtime, record: RequestLog) -> None:
+    """Settle what the request's admission held, once: a stream settles (and its spend is
+    committed) before its final event is written, so a client that saw the end was billed;
+    the request context settles everything else when the response is done."""
+    admitted = record.admission
+    if admitted is None or record.settled:
+        return
+    record.settled = True
+    tokens = record.usage.total_tokens if record.usage and record.cache != "HIT" else 0
+    status = record.status or 200
+    await settle(runtime, admitted, record.cost_usd, tokens, record.saved_usd, status)
 
 
 async def settle(

@@ -19,10 +19,11 @@ from typing import Any
 from aiohttp import web
 
 from kallm.accounts.keys import KeyRecord
+from kallm.errors import KallmError
 from kallm.providers.base import Provider
 from kallm.providers.native import provider_key
 from kallm.providers.router import Router
-from kallm.server.admission import admission
+from kallm.server.admission import admission, allowed
 from kallm.server.passthrough import relay
 from kallm.server.runtime import runtime_of
 
@@ -109,14 +110,15 @@ def _configured(provider: Provider) -> list[str]:
     return [m for m in provider.config.models if not _PATTERN_CHARS & set(m)]
 
 
-def _allowed(key: KeyRecord | None, model: str, router: Router) -> bool:
+def _usable(key: KeyRecord | None, model: str, router: Router) -> bool:
+    """Whether the key may use ``model``: the same rule admission applies."""
     if key is None or key.models is None:
         return True
-    if key.allows(model):
-        return True
-    if model in router.aliases:
+    try:
+        routes = router.resolve(model)
+    except KallmError:
         return False
-    return any(key.allows(f"{p.name}/{model}") for p in router.providers if p.serves(model))
+    return allowed(router, key, model, routes)
 
 
 async def models(request: web.Request) -> web.StreamResponse:
@@ -130,6 +132,6 @@ async def models(request: web.Request) -> web.StreamResponse:
     data: list[dict[str, Any]] = [
         {"id": model, "object": "model", "created": now, "owned_by": owner}
         for model, owner in listed
-        if _allowed(key, model, runtime.router)
+        if _usable(key, model, runtime.router)
     ]
     return web.json_response({"object": "list", "data": data})

@@ -29,7 +29,7 @@ from kallm.errors import KallmError, UpstreamError, UpstreamTimeout
 from kallm.providers.base import ChatCall, Provider, StreamRelay, forwardable
 from kallm.providers.router import Route
 from kallm.providers.sse import DONE, StreamAssembler, event_data, iter_events, replay_events
-from kallm.server.admission import Admission, admission, breathe
+from kallm.server.admission import Admission, admission, breathe, settle_once
 from kallm.server.deadline import deadline_of, within
 from kallm.server.log import RequestLog, request_log
 from kallm.server.passthrough import UsageTap
@@ -116,7 +116,7 @@ async def _relay(
     if runtime.virtual_keys:  # a virtual key is ours: the provider gets its own key
         client_headers = forwardable(request.headers, frozenset({"authorization"}))
     routes = admitted.routes
-    call = ChatCall(payload, admitted.body, routes[0].model, stream, client_headers)
+    call = ChatCall(payload, routes[0].model, stream, client_headers)
     started = time.perf_counter()
     deadline = deadline_of(request, runtime.settings.upstream_deadline)
     async with within(deadline):
@@ -151,6 +151,8 @@ async def _relay(
         await _remember(runtime, record, store, assembler.completion())
     if assembler.done:
         # [DONE] goes out only now: a client that has seen the end finds the answer cached
+        # and the request billed (its spend committed)
+        await settle_once(runtime, record)
         await response.write(DONE)
     await response.write_eof()
     return response

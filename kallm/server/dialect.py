@@ -35,7 +35,7 @@ from kallm.errors import KallmError, UpstreamError
 from kallm.providers.base import ChatCall, HttpCall, forwardable
 from kallm.providers.router import Route
 from kallm.providers.sse import StreamAssembler, event_data, iter_events
-from kallm.server.admission import Admission, admission, breathe
+from kallm.server.admission import Admission, admission, breathe, settle_once
 from kallm.server.chat import CACHE_HEADER, PROVIDER_HEADER, SIMILARITY_HEADER
 from kallm.server.deadline import deadline_of, within
 from kallm.server.log import RequestLog, request_log
@@ -182,7 +182,7 @@ async def _relay(
             return await route.provider.send("POST", http.url, http.headers, http.data)
         chat = dialect.to_chat(payload)
         headers = forwardable(request.headers, frozenset({"authorization", "x-api-key"}))
-        call = ChatCall(chat, json.dumps(chat).encode(), route.model, stream, headers)
+        call = ChatCall(chat, route.model, stream, headers)
         return await route.provider.open_chat(call)
 
     async with within(deadline):
@@ -277,10 +277,16 @@ async def _stream(
     try:
         async with asyncio.timeout_at(deadline):
             while (item := await next_event(events, call.route.provider)) is not None:
-                await relay.write_all(reader.feed(item))
+                outs = reader.feed(item)
+                if reader.complete:  # the final event: billed before the client sees it
+                    await _settle_now(runtime, record, call.route, reader, admitted)
+                await relay.write_all(outs)
                 if relay.gone_for() > DRAIN_SECONDS or (relay.gone and reader.finished):
                     break
-            await relay.write_all(reader.close())
+            outs = reader.close()
+            if reader.complete:
+                await _settle_now(runtime, record, call.route, reader, admitted)
+            await relay.write_all(outs)
     except TimeoutError:
         record.note = "stream cut at the deadline (upstream.deadline)"
         message = "the answer did not finish before the request's deadline"
@@ -412,6 +418,17 @@ class _StreamReader:
         if usage.total_tokens == 0 and self.relayed:
             return Usage(body_size // CHARS_PER_TOKEN, math.ceil(self.relayed / CHARS_PER_TOKEN))
         return usage
+
+
+async def _settle_now(
+    runtime: Runtime,
+    record: RequestLog,
+    route: Route,
+    reader: _StreamReader,
+    admitted: Admission,
+) -> None:
+    _price(runtime, record, route, reader.usage(len(admitted.body)))
+    await settle_once(runtime, record)
 
 
 def _parsed(body: bytes) -> Any:

@@ -47,6 +47,7 @@ class RequestLog:
     request_body: str | None = None  # kept only when log.bodies is on
     response_body: str | None = None
     note: str | None = None
+    settled: bool = False  # admission's reservation released (kallm.server.admission)
     route: str = "other"  # the route's label once the path is classified (kallm.server.routes)
 
     @property

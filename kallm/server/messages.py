@@ -25,7 +25,7 @@ from kallm.dialects.messages_stream import (
 )
 from kallm.dialects.scope import messages_view
 from kallm.providers import anthropic
-from kallm.providers.base import HttpCall, forwardable
+from kallm.providers.base import HttpCall, encode_payload, forwardable
 from kallm.providers.native import provider_key
 from kallm.providers.router import Route
 from kallm.server.admission import admission
@@ -52,7 +52,7 @@ class MessagesDialect:
         out["content-type"] = "application/json"
         out["accept-encoding"] = "identity"  # kallm reads the answer to price and cache it
         return HttpCall(
-            route.provider.url(anthropic.chat_path()), out, with_model(payload, body, route.model)
+            route.provider.url(anthropic.chat_path()), out, encode_payload(payload, route.model)
         )
 
     def is_answer(self, answer: Any) -> bool:
@@ -107,7 +107,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     route = admitted.routes[0]
     if route.provider.kind != "anthropic":
         return web.json_response(m.count_tokens_response(payload))
-    body = with_model(payload, admitted.body, route.model)
+    body = encode_payload(payload, route.model)
     headers = {
         **anthropic_auth(runtime, route, request.headers),
         "anthropic-version": request.headers.get("anthropic-version", anthropic.API_VERSION),
@@ -127,10 +127,3 @@ def anthropic_auth(runtime: Runtime, route: Route, headers: Any) -> dict[str, st
         if headers.get("Authorization"):
             return {"Authorization": headers["Authorization"]}
     return {"x-api-key": provider_key(route.provider)}
-
-
-def with_model(payload: dict[str, Any], body: bytes, model: str) -> bytes:
-    """The body as the client sent it, unless the route knows the model by another name."""
-    if payload.get("model") == model:
-        return body
-    return json.dumps({**payload, "model": model}).encode()

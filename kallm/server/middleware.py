@@ -26,7 +26,7 @@ from kallm.errors import (
     UnsupportedEncoding,
     UpstreamLoop,
 )
-from kallm.server.admission import set_path, settle
+from kallm.server.admission import set_path, settle_once
 from kallm.server.log import (
     PROBE_LABELS,
     REQUEST_LOG_KEY,
@@ -78,7 +78,7 @@ async def _answer(
 ) -> web.StreamResponse:
     dialect = Dialect.OPENAI
     try:
-        path = classify(request.raw_path)
+        path = classify(request.raw_path, request.method)
         set_path(request, path)
         record.route, dialect = path.route.label, path.route.dialect
         if came_from(request.headers, runtime.instance_id):
@@ -128,16 +128,7 @@ async def stamp_response(request: web.Request, response: web.StreamResponse) -> 
 async def _finish(runtime: Runtime, record: RequestLog) -> None:
     """Settle, log and count one request; never raises (the response is already decided)."""
     try:
-        if record.admission is not None:
-            tokens = record.usage.total_tokens if record.usage and record.cache != "HIT" else 0
-            await settle(
-                runtime,
-                record.admission,
-                record.cost_usd,
-                tokens,
-                record.saved_usd,
-                record.status,
-            )
+        await settle_once(runtime, record)
     except Exception:
         log.exception("settling request %s failed", record.request_id)
     if record.status == 0:

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from kallm.accounts.pricing import Usage
 from kallm.errors import KallmError, RequestError
-from kallm.providers.base import Provider, forwardable
+from kallm.providers.base import Provider, encode_payload, forwardable
 from kallm.providers.openai import authorization
-from kallm.server.admission import Admission, admission
+from kallm.server.admission import Admission, admission, settle_once
 from kallm.server.connections import read_body
 from kallm.server.deadline import deadline_of, within
 from kallm.server.log import request_log
@@ -56,15 +57,12 @@ async def _policed(
             f"/{'/'.join(admitted.path.segments)} endpoint",
             param="model",
         )
-    body = admitted.body
-    if route.model != admitted.model:  # an alias or provider/model: the name upstream knows
-        body = json.dumps({**(admitted.payload or {}), "model": route.model}).encode()
+    body = encode_payload(admitted.payload or {}, route.model)  # the name upstream knows
     record = request_log(request)
     record.upstream_model = route.model
     tap = UsageTap()
-    try:
-        return await relay(request, route.provider, admitted.path.upstream_path, body, tap)
-    finally:
+
+    def price() -> None:
         usage = tap.usage()
         if usage is None and tap.status == 200 and tap.relayed:
             usage = _counted(admitted, tap.relayed)
@@ -73,10 +71,31 @@ async def _policed(
             record.usage = usage
             record.cost_usd = runtime.prices.cost(route.model, usage)
 
+    async def settle_before_the_end() -> None:
+        price()
+        await settle_once(runtime, record)
+
+    try:
+        return await relay(
+            request,
+            route.provider,
+            admitted.path.upstream_path,
+            body,
+            tap,
+            before_end=settle_before_the_end,
+        )
+    finally:
+        price()  # a relay cut short is billed what it delivered
+
 
 def _counted(admitted: Admission, relayed: int) -> Usage:
     output = 0 if admitted.path.route.name == "embeddings" else relayed
     return Usage(len(admitted.body) // CHARS_PER_TOKEN, math.ceil(output / CHARS_PER_TOKEN))
+
+
+def raw_query(request: web.Request) -> str:
+    """The query as the client encoded it: decoding it (``%23`` to ``#``) would change it."""
+    return request.raw_path.partition("?")[2].partition("#")[0]
 
 
 class UsageTap:
@@ -113,9 +132,11 @@ async def relay(
     tap: UsageTap | None = None,
     *,
     headers: dict[str, str] | None = None,
+    before_end: Callable[[], Awaitable[None]] | None = None,
 ) -> web.StreamResponse:
     """Relay one call upstream and its answer back as it comes. ``headers`` replaces the
-    client's (and the credential choice) when the route builds its own."""
+    client's (and the credential choice) when the route builds its own; ``before_end``
+    runs once the upstream's answer is all relayed, before the response ends."""
     runtime = runtime_of(request)
     if headers is None:
         headers = forwardable(request.headers, frozenset({"authorization"}))
@@ -129,7 +150,7 @@ async def relay(
     deadline = deadline_of(request, runtime.settings.upstream_deadline)
     async with within(deadline):
         upstream_response = await upstream.send(
-            request.method, upstream.url(path, request.query_string), headers, body
+            request.method, upstream.url(path, raw_query(request)), headers, body
         )
     async with upstream_response:
         if tap is not None:
@@ -154,5 +175,7 @@ async def relay(
             request_log(request).note = f"relay broke: {exc.message}"
             response.force_close()
             return response
+    if before_end is not None:
+        await before_end()
     await response.write_eof()
     return response

@@ -22,7 +22,12 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 MAX_DEPTH = 64  # JSON nesting: real requests stay under 20; Python's own limit is ~1000
 MAX_MODEL_NAME = 256
 MAX_HEADER_VALUE = 256  # for the X-Kallm-* values kallm reads
-_LIMITS = {"max_tokens": 10_000_000, "max_completion_tokens": 10_000_000, "n": 128}
+_LIMITS = {
+    "max_tokens": 10_000_000,
+    "max_completion_tokens": 10_000_000,
+    "n": 128,
+    "best_of": 128,
+}
 _MODEL_SEGMENT = re.compile(r"[A-Za-z0-9@][A-Za-z0-9._:@+=-]*")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")

@@ -24,11 +24,10 @@ from kallm.dialects.responses_stream import (
     replay_response_events,
 )
 from kallm.dialects.scope import responses_view
-from kallm.providers.base import HttpCall, forwardable
+from kallm.providers.base import HttpCall, encode_payload, forwardable
 from kallm.providers.openai import authorization
 from kallm.providers.router import Route
 from kallm.server.dialect import ChatTranslator, NativeAssembler, serve
-from kallm.server.messages import with_model
 from kallm.server.runtime import Runtime
 
 _NOT_FORWARDED = frozenset({"authorization", "accept-encoding", "content-type"})
@@ -49,9 +48,7 @@ class ResponsesDialect:
         out["Authorization"] = authorization(route.provider, client)
         out["Content-Type"] = "application/json"
         out["Accept-Encoding"] = "identity"  # kallm reads the answer to price and cache it
-        return HttpCall(
-            route.provider.url("/responses"), out, with_model(payload, body, route.model)
-        )
+        return HttpCall(route.provider.url("/responses"), out, encode_payload(payload, route.model))
 
     def is_answer(self, answer: Any) -> bool:
         return isinstance(answer, dict) and isinstance(answer.get("output"), list)

@@ -52,6 +52,7 @@ class Route:
     group: Group
     dialect: Dialect = Dialect.OPENAI
     label: str = "other"
+    methods: frozenset[str] = frozenset()  # the methods that make it this route; empty: any
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,16 +68,22 @@ class RequestPath:
         return "/" + "/".join(quote(s, safe=_SEGMENT_SAFE) for s in self.segments)
 
 
-CHAT = Route("chat", Group.POLICED, label="/v1/chat/completions")
-COMPLETIONS = Route("completions", Group.POLICED, label="/v1/completions")
-EMBEDDINGS = Route("embeddings", Group.POLICED, label="/v1/embeddings")
-RESPONSES = Route("responses", Group.POLICED, label="/v1/responses")
-MESSAGES = Route("messages", Group.POLICED, Dialect.ANTHROPIC, "/v1/messages")
+_POST = frozenset({"POST"})
+_GET = frozenset({"GET", "HEAD"})
+CHAT = Route("chat", Group.POLICED, label="/v1/chat/completions", methods=_POST)
+COMPLETIONS = Route("completions", Group.POLICED, label="/v1/completions", methods=_POST)
+EMBEDDINGS = Route("embeddings", Group.POLICED, label="/v1/embeddings", methods=_POST)
+RESPONSES = Route("responses", Group.POLICED, label="/v1/responses", methods=_POST)
+MESSAGES = Route("messages", Group.POLICED, Dialect.ANTHROPIC, "/v1/messages", _POST)
 COUNT_TOKENS = Route(
-    "messages.count_tokens", Group.POLICED, Dialect.ANTHROPIC, "/v1/messages/count_tokens"
+    "messages.count_tokens",
+    Group.POLICED,
+    Dialect.ANTHROPIC,
+    "/v1/messages/count_tokens",
+    _POST,
 )
-MODELS = Route("models", Group.CATALOGUE, label="/v1/models")
-USAGE = Route("usage", Group.CATALOGUE, label="/v1/kallm/usage")  # a key's own spend
+MODELS = Route("models", Group.CATALOGUE, label="/v1/models", methods=_GET)
+USAGE = Route("usage", Group.CATALOGUE, label="/v1/kallm/usage", methods=_GET)  # a key's own
 UNKNOWN = Route("other", Group.UNKNOWN)
 ADMIN = Route("admin", Group.ADMIN, label="/admin")
 
@@ -112,6 +119,10 @@ ORGANISATION_ROUTES = frozenset(
         "videos",
         "responses",
         "chat",  # chat/completions/{id}: stored completions
+        "models",  # DELETE /v1/models/{id}: a fine-tuned model of the organisation
+        "embeddings",
+        "completions",
+        "messages",
     }
 )
 _ORGANISATION = {
@@ -137,8 +148,11 @@ def segments_of(raw_path: str) -> tuple[str, ...] | None:
     return tuple(out)
 
 
-def classify(raw_path: str) -> RequestPath:
-    """The route of a raw request path; ``RouteNotFound`` (404) for any other spelling."""
+def classify(raw_path: str, method: str = "GET") -> RequestPath:
+    """The route of a raw request path and method; ``RouteNotFound`` (404) for any other
+    spelling. A route's path with another method is another endpoint upstream (``GET
+    /v1/chat/completions`` lists stored completions, ``DELETE /v1/models/{id}`` deletes a
+    fine-tuned model): the organisation route of its first segment."""
     segments = segments_of(raw_path)
     if segments is None:
         raise RouteNotFound(f"Unknown request URL: {_shown(raw_path)}")
@@ -155,6 +169,8 @@ def classify(raw_path: str) -> RequestPath:
     route = _EXACT.get(rest)
     if route is None and rest[0] == "models" and len(rest) == 2:
         route = MODELS
+    if route is not None and route.methods and method.upper() not in route.methods:
+        route = None
     if route is None:
         route = _ORGANISATION.get(rest[0], UNKNOWN)
     return RequestPath(route, rest)
