@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from tests.fake_base import FakeServer, start
 
@@ -78,7 +80,9 @@ class MisbehavingUpstream(FakeServer):
     """Steering: ``mode`` (a ``Mode``; ``reset()`` sets ``Mode.OK``) and ``reply`` (the
     content of good answers). Observation (from ``FakeServer``): ``calls``, ``requests``;
     ``chat_calls`` counts chat requests received; ``finished`` counts the streamed (and
-    huge) answers written to the end, ``abandoned`` those whose client (kallm) left first."""
+    huge) answers written to the end, ``abandoned`` those whose client (kallm) left first;
+    ``unreadable`` the requests whose body could not be read as its headers describe it
+    (answered 400, as OpenAI would)."""
 
     base_path = "/v1"
 
@@ -87,13 +91,22 @@ class MisbehavingUpstream(FakeServer):
         self.mode: Mode = Mode.OK
         self.finished = 0
         self.abandoned = 0
+        self.unreadable = 0
 
     @property
     def chat_calls(self) -> int:
         return self.calls[CHAT_PATH]
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        _raw, parsed = await self.record(request)
+        try:
+            _raw, parsed = await self.record(request)
+        except (RequestPayloadError, HttpProcessingError) as exc:
+            # e.g. a proxy that forwards the client's Content-Encoding with a decoded body
+            self.calls[request.path] += 1
+            self.unreadable += 1
+            encoding = request.headers.get("Content-Encoding")
+            message = f"The request body cannot be read (Content-Encoding {encoding!r}): {exc}"
+            return web.json_response(_error(message), status=400)
         if request.method == "GET" and request.path == MODELS_PATH:
             return web.json_response({"object": "list", "data": []})
         if request.method != "POST" or request.path != CHAT_PATH:
