@@ -604,7 +604,7 @@ def test_fuzzed_chat_bodies_never_make_kallm_fail(ledger: Ledger) -> None:
     for body in hostile_bodies():
         ledger.check(raw_request("POST", CHAT, body, ledger.target.headers))
 
-    @fuzz_settings(examples=1000)
+    @fuzz_settings(examples=700)
     @given(data=st.data())
     def one(data: st.DataObject) -> None:
         payload = data.draw(chat_payloads(), "payload")
@@ -616,7 +616,7 @@ def test_fuzzed_chat_bodies_never_make_kallm_fail(ledger: Ledger) -> None:
 
 
 def test_fuzzed_headers_never_make_kallm_fail(ledger: Ledger) -> None:
-    @fuzz_settings(examples=400)
+    @fuzz_settings(examples=300)
     @given(data=st.data())
     def one(data: st.DataObject) -> None:
         extra = data.draw(st.lists(header_pairs, min_size=1, max_size=4), "headers")

@@ -227,8 +227,9 @@ def chat_body(text: str, model: str = MODEL, **params: Any) -> bytes:
 
 
 def big_prompt(size: int, tag: str) -> bytes:
-    """A chat body of about ``size`` bytes whose prompt is ordinary words, unique by ``tag``."""
-    words = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex".split()
+    """A chat body of about ``size`` bytes whose prompt is words, unique by ``tag`` (long
+    words: the fake upstream splits the prompt into words, and a million of them is slow)."""
+    words = "pneumonoultramicroscopic supercalifragilistic antidisestablishmentarianism".split()
     unit = " ".join(words) + " "
     filler = unit * ((size - 200) // len(unit))
     return chat_body(f"{tag} {filler}")
@@ -393,7 +394,7 @@ def test_half_a_body_is_a_408_and_a_client_that_leaves_is_one_log_line(tmp_path:
             sock.sendall(leaving[: len(leaving) - len(body) // 2])
             time.sleep(0.3)
         _wait_for_line(kallm, "leaves-mid-body")
-        time.sleep(body_timeout + 0.5)  # whatever kallm logs late for it is in the file now
+        time.sleep(1.0)  # whatever kallm logs late for it is in the file now
         assert get(kallm.port, "/health")[0] == 200
         text = kallm.log_text()
     assert response.status == 408, f"half a body got {response.status}: {reply_body[:300]!r}"

@@ -417,21 +417,38 @@ def test_a_stream_that_will_not_finish_is_cut_at_the_deadline(
     books.assert_sane()
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_a_stall_before_headers_is_a_504_at_the_deadline(
-    keyed: tuple[Proxy, str], fake: MisbehavingUpstream, question: str, stream: bool
+    keyed: tuple[Proxy, str], fake: MisbehavingUpstream, question: str
 ) -> None:
+    """A JSON request and a stream, side by side (both wait out the same deadline)."""
     proxy, secret = keyed
     books = Books(proxy, secret)
     fake.mode = Mode.STALL
-    started = time.monotonic()
-    with pytest.raises(openai.APIStatusError) as caught:
-        sdk_call(proxy, secret, question, stream)
-    took = time.monotonic() - started
-    assert caught.value.status_code == 504
-    assert DEADLINE - 0.2 <= took <= DEADLINE + 2, f"the 504 came after {took:.1f}s"
-    openai_error(caught.value.response.content)
-    assert_not_cached(proxy, secret, fake, question, stream)
+    outcomes: dict[bool, tuple[BaseException | None, float]] = {}
+
+    def call(stream: bool) -> None:
+        started = time.monotonic()
+        try:
+            sdk_call(proxy, secret, f"{question} stream={stream}", stream)
+        except Exception as exc:
+            outcomes[stream] = (exc, time.monotonic() - started)
+        else:
+            outcomes[stream] = (None, time.monotonic() - started)
+
+    callers = [threading.Thread(target=call, args=(stream,)) for stream in (False, True)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(30)
+    for stream, (error, took) in sorted(outcomes.items()):
+        what = "a stream" if stream else "a JSON request"
+        assert isinstance(error, openai.APIStatusError), f"{what} got {error!r}"
+        assert error.status_code == 504, f"{what} got {error.status_code}: {error.message}"
+        assert DEADLINE - 0.2 <= took <= DEADLINE + 2, f"{what}: the 504 came after {took:.1f}s"
+        openai_error(error.response.content)
+    assert len(outcomes) == 2
+    for stream in (False, True):
+        assert_not_cached(proxy, secret, fake, f"{question} stream={stream}", stream)
     books.assert_sane()
 
 
