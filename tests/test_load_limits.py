@@ -457,6 +457,7 @@ def test_metrics_do_not_grow_with_invented_paths_under_auth(tmp_path: Path) -> N
     assert all(status < 500 for status in counts), counts
     growth = len(after) - len(before)
     new = sorted(set(after) - set(before))
+    print(f"\n/metrics: {len(before)} -> {len(after)} lines after 3,000 invented paths {counts}")
     assert growth < 150, f"/metrics grew by {growth} lines ({counts}); e.g. {new[:10]}"
 
 
@@ -474,6 +475,7 @@ def test_metrics_do_not_grow_with_invented_model_names(tmp_path: Path) -> None:
             for status, n in _send_many(kallm.port, requests).items():
                 counts[status] = counts.get(status, 0) + n
             halves.append(len(metric_lines(kallm.port)))
+    print(f"\n/metrics: {len(before)} -> {halves[0]} -> {halves[1]} lines (2 x 1,000 models)")
     assert counts == {200: 2000}, counts
     growth = halves[1] - len(before)
     assert growth < 150, (

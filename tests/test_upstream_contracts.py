@@ -129,7 +129,7 @@ def bad(loop_thread: LoopThread) -> Iterator[MisbehavingUpstream]:
 
 
 @pytest.fixture(scope="module")
-def proxy(
+def contract_proxy(
     loop_thread: LoopThread,
     local_model: Any,
     bad: MisbehavingUpstream,
@@ -153,9 +153,10 @@ def proxy(
 
 
 @pytest.fixture
-def keyed(proxy: Proxy) -> tuple[Proxy, str]:
+def keyed(contract_proxy: Proxy) -> tuple[Proxy, str]:
     """The module's kallm and a new key of its own for each test (a $100 budget), so one
     test's bill never blocks the next."""
+    proxy = contract_proxy
     _record, secret = proxy.call(
         proxy.keys.create(f"robust-{uuid.uuid4().hex[:8]}", budget_usd=100.0)
     )
