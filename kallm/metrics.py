@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from kallm.server.runtime import Runtime
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-MAX_MODEL_LABELS = 100
 # A cache hit takes about a millisecond and a model call seconds: buckets span both.
 LATENCY_BUCKETS = (
     0.0005,
@@ -93,22 +92,27 @@ class Metrics:
             "kallm_tokens", "Tokens of upstream answers.", ["model", "direction"], registry=r
         )
         self.spend = Counter("kallm_spend_usd", "Estimated upstream spend.", ["model"], registry=r)
-        self._models: set[str] = set()
+        router, prices = runtime.router, runtime.prices
+        self._models = (
+            set(router.aliases)
+            | set(prices.names())
+            | {
+                model
+                for provider in router.providers
+                for model in provider.config.models
+                if not set(model) & set("*?[")
+            }
+        )
         self._figures = CacheFigures(0, 0, 0)
         r.register(CacheCollector(runtime, lambda: self._figures))
 
     def model_label(self, record: RequestLog) -> str:
-        """A model name is the client's to choose: only names that got an answer become label
-        values, and only the first ``MAX_MODEL_LABELS`` of them; the rest are ``other``, so
-        no client can grow the registry without bound."""
-        if record.status != 200 or not record.model:
+        """A model name is the client's to choose: only names kallm knows (configured
+        models and aliases, models in the price table) become label values; any other is
+        ``other``, so no client can grow the registry, whatever names it invents."""
+        if not record.model:
             return ""
-        if record.model in self._models:
-            return record.model
-        if len(self._models) < MAX_MODEL_LABELS:
-            self._models.add(record.model)
-            return record.model
-        return "other"
+        return record.model if record.model in self._models else "other"
 
     def observe(self, record: RequestLog) -> None:
         """Count one finished request."""

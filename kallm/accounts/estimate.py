@@ -27,6 +27,23 @@ _IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
 class Estimate:
     tokens: int  # prompt + output: what a tpm limit is charged at admission
     usd: float  # what a budget reserves (the dearest route)
+    # The hard ceiling: one token per byte of the body (no tokenizer does worse), every
+    # image at its worst, all the output: usage beyond it is an upstream misreporting.
+    ceiling_prompt: int = 0
+    ceiling_output: int = 0
+    ceiling_usd: float = 0.0
+
+    def plausible(self, usage: Usage) -> Usage:
+        """``usage`` with each count held to the ceiling (a 10^400 is no count)."""
+        if not self.ceiling_prompt:
+            return usage
+        prompt = min(usage.prompt_tokens, self.ceiling_prompt)
+        return Usage(
+            prompt,
+            min(usage.completion_tokens, self.ceiling_output),
+            min(usage.cached_tokens, prompt),
+            min(usage.cache_write_tokens, prompt),
+        )
 
 
 def estimate(
@@ -35,7 +52,7 @@ def estimate(
     """The worst case of sending ``payload`` (``body_size`` bytes) to any of ``models``."""
     images = count_images(payload)
     answers = answers_per_call(payload)
-    tokens, usd = 0, 0.0
+    tokens, usd, ceiling_prompt, ceiling_output, ceiling_usd = 0, 0.0, 0, 0, 0.0
     for model in models:
         per_image = prices.max_image_tokens(model) or IMAGE_TOKENS
         prompt = body_size // CHARS_PER_TOKEN + per_image * images
@@ -43,7 +60,10 @@ def estimate(
         output *= answers
         tokens = max(tokens, prompt + output)
         usd = max(usd, prices.cost(model, Usage(prompt, output)))
-    return Estimate(tokens, usd)
+        most = body_size + per_image * images
+        ceiling_prompt, ceiling_output = max(ceiling_prompt, most), max(ceiling_output, output)
+        ceiling_usd = max(ceiling_usd, prices.cost(model, Usage(most, output)))
+    return Estimate(tokens, usd, ceiling_prompt, ceiling_output, ceiling_usd)
 
 
 def answers_per_call(payload: Mapping[str, Any]) -> int:

@@ -68,7 +68,9 @@ def new_secret() -> str:
 
 
 def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+    """SHA-256 of the secret; header bytes that are not UTF-8 (kept by aiohttp as
+    surrogates) hash too, and match no key."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 _COLUMNS = (

@@ -67,7 +67,20 @@ class Usage:
         return cls(fresh + read + written, _int(usage.get("output_tokens")), read, written)
 
 
-MAX_TOKENS = 10**12  # a usage figure beyond this is a lying upstream, not a bill
+MAX_TOKENS = 10**8  # a usage figure beyond this is a lying upstream, not a bill
+
+
+def plausible_counts(usage: Any) -> bool:
+    """No count in a usage object (nested details included) is past ``MAX_TOKENS``: an
+    answer that says it used 10^400 tokens is not an answer to relay, store or bill."""
+    stack = [usage]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            stack.extend(node.values())
+        elif isinstance(node, int | float) and not isinstance(node, bool) and node > MAX_TOKENS:
+            return False
+    return True
 
 
 def _int(value: Any) -> int:
@@ -156,6 +169,10 @@ class PriceTable:
         self._limits_by_length = sorted(self._limits, key=len, reverse=True)
         self._images = shipped_image_tokens()
         self._images_by_length = sorted(self._images, key=len, reverse=True)
+
+    def names(self) -> list[str]:
+        """The models the table lists by name."""
+        return list(self._prices)
 
     def price_of(self, model: str) -> Price | None:
         return _lookup(self._prices, self._by_length, model)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -43,6 +44,14 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+
+
+# One SSE line may be this long (aiohttp allows twice its read buffer): a tool call's whole
+# arguments can come as one event.
+READ_BUFFER = 1024 * 1024
+
+# What describes the client's body as it arrived: kallm has decoded it (or re-encoded it).
+CLIENT_BODY = frozenset({"content-encoding"})
 
 
 def forwardable(headers: Mapping[str, str], drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
@@ -132,6 +141,7 @@ class Provider:
             connector=connector,
             timeout=self._timeout,
             auto_decompress=False,
+            read_bufsize=READ_BUFFER,
         )
         return self.session
 
@@ -171,20 +181,20 @@ class Provider:
         except TimeoutError:
             log.warning("provider %s (%s) did not answer in time", self.name, self.base_url)
             raise UpstreamTimeout(f"provider {self.name} did not answer in time") from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, HttpProcessingError) as exc:
             log.warning("provider %s (%s) failed: %s", self.name, self.base_url, exc)
             raise UpstreamError(
                 f"provider {self.name} failed ({_kind_of(exc)}); see the server log"
             ) from None
 
 
-def _kind_of(exc: aiohttp.ClientError) -> str:
+def _kind_of(exc: Exception) -> str:
     """``connection refused``, ``connection reset``...: what happened, without addresses."""
     if isinstance(exc, aiohttp.ClientConnectorError):
         code = exc.os_error.errno
         return os.strerror(code).lower() if code else "cannot connect"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "disconnected"
-    if isinstance(exc, aiohttp.ClientPayloadError):
+    if isinstance(exc, aiohttp.ClientPayloadError | HttpProcessingError):
         return "broken answer"
     return type(exc).__name__

@@ -9,9 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from kallm.errors import AuthenticationError
-from kallm.providers.base import ChatCall, HttpCall, Provider, encode_payload, forwardable
+from kallm.providers.base import (
+    CLIENT_BODY,
+    ChatCall,
+    HttpCall,
+    Provider,
+    encode_payload,
+    forwardable,
+)
 
-_NOT_FORWARDED = frozenset({"authorization", "accept-encoding", "content-type"})
+_NOT_FORWARDED = frozenset({"authorization", "accept-encoding", "content-type"}) | CLIENT_BODY
 
 
 def authorization(provider: Provider, client_headers: Any) -> str:

@@ -12,7 +12,6 @@ context middleware settles it when the response is done, whatever happened.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -37,8 +36,14 @@ from kallm.errors import (
 from kallm.providers.router import Route, Router
 from kallm.server.connections import read_body
 from kallm.server.log import RequestLog, request_log
-from kallm.server.request import bearer_token, check_limits, check_model, json_object
-from kallm.server.request import parse_chat_request as parse_chat
+from kallm.server.request import (
+    bearer_token,
+    breathe,
+    check_chat_request,
+    check_limits,
+    check_model,
+    parse_json_yielding,
+)
 from kallm.server.routes import CHAT, COUNT_TOKENS, Dialect, Group, RequestPath
 from kallm.server.runtime import Runtime, runtime_of
 
@@ -76,16 +81,6 @@ class Admission:
 
 
 _ADMISSION = web.RequestKey("kallm.admission", Admission)
-
-
-LARGE_BODY = 256 * 1024
-
-
-async def breathe(body: bytes) -> None:
-    """Between the CPU-heavy steps of a large request, let other requests run: each step
-    on a 10 MB body takes ~10-30 ms of the event loop, back to back they took 100+ ms."""
-    if len(body) > LARGE_BODY:
-        await asyncio.sleep(0)
 
 
 def set_path(request: web.Request, path: RequestPath) -> None:
@@ -163,22 +158,26 @@ def _check_route(runtime: Runtime, path: RequestPath, admitted: Admission) -> No
 async def _admit_model(runtime: Runtime, request: web.Request, admitted: Admission) -> None:
     body = await read_body(request, runtime.settings.body_timeout)
     await breathe(body)
-    payload = parse_chat(body) if admitted.path.route is CHAT else json_object(body)
-    await breathe(body)
+    document = await parse_json_yielding(body)
+    if not isinstance(document, dict):
+        raise RequestError("request body must be a JSON object")
+    payload = check_chat_request(document) if admitted.path.route is CHAT else document
     model = check_model(payload.get("model"))
     check_limits(payload)
     admitted.body, admitted.payload = body, payload
     record = request_log(request)
     record.model = model
     admitted.routes = runtime.router.resolve(model)  # an unknown model: 404
+    models = [route.model for route in admitted.routes]
+    if admitted.path.route is not COUNT_TOKENS:  # counting tokens is free: nothing to hold
+        admitted.estimate = estimate(runtime.prices, models, payload, len(body))
     key = admitted.key
     if key is None:
         admitted.credential = _credential(request, admitted)
         return
     if not allowed(runtime.router, key, model, admitted.routes):
         raise ModelNotAllowed(f"This key may not use the model '{model}'.", param="model")
-    if admitted.path.route is COUNT_TOKENS:  # counting tokens is free: nothing to reserve
-        admitted.estimate = Estimate(0, 0.0)
+    if admitted.path.route is COUNT_TOKENS:
         return
     if key.budget_usd is not None:
         for route in admitted.routes:
@@ -188,8 +187,6 @@ async def _admit_model(runtime: Runtime, request: web.Request, admitted: Admissi
                     f'it; an operator can set one with [prices."{route.model}"] in kallm.toml',
                     param="model",
                 )
-    models = [route.model for route in admitted.routes]
-    admitted.estimate = estimate(runtime.prices, models, payload, len(body))
 
 
 def allowed(router: Router, key: KeyRecord, model: str, routes: list[Route]) -> bool:
@@ -260,9 +257,13 @@ async def settle_once(runtime: Runtime, record: RequestLog) -> None:
     if admitted is None or record.settled:
         return
     record.settled = True
+    if admitted.estimate is not None and record.usage is not None and record.cache != "HIT":
+        record.usage = admitted.estimate.plausible(record.usage)  # never a count of 10^400
     tokens = record.usage.total_tokens if record.usage and record.cache != "HIT" else 0
     status = record.status or 200
-    await settle(runtime, admitted, record.cost_usd, tokens, record.saved_usd, status)
+    record.cost_usd = await settle(
+        runtime, admitted, record.cost_usd, tokens, record.saved_usd, status
+    )
 
 
 async def settle(
@@ -272,17 +273,21 @@ async def settle(
     tokens: int,
     saved_usd: float,
     status: int,
-) -> None:
+) -> float:
     """Release what admission held, whatever happened: the reservation settles at what the
     request cost (a stream cut after the upstream billed still cost money; an opened
     organisation route costs its flat charge when it succeeded), the token estimate is
-    replaced by the tokens used, and a hit adds what it saved."""
-    key = admitted.key
-    if key is None:
-        return
-    now = time.time()
+    replaced by the tokens used, and a hit adds what it saved. Returns the cost settled."""
     if admitted.charge_usd and status < 400:
         cost_usd = max(cost_usd, admitted.charge_usd)
+    if admitted.estimate is not None and admitted.estimate.ceiling_usd > 0:
+        # the most the request could cost: beyond it is an upstream misreporting its usage
+        # (10^400 tokens), never a bill
+        cost_usd = min(cost_usd, admitted.estimate.ceiling_usd)
+    key = admitted.key
+    if key is None:
+        return cost_usd
+    now = time.time()
     if admitted.reservation is not None:
         await runtime.backends.ledger.settle(admitted.reservation, cost_usd, now)
     if key.tpm is not None:
@@ -290,3 +295,4 @@ async def settle(
         await runtime.backends.limits.settle(key, admitted.tokens_reserved, tokens, request_id, now)
     if saved_usd:
         await runtime.backends.ledger.add_saved(key, saved_usd, now)
+    return cost_usd

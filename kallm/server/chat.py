@@ -22,18 +22,17 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from kallm.accounts.pricing import Usage
-from kallm.cache.scope import cache_key
+from kallm.accounts.pricing import Usage, plausible_counts
 from kallm.cache.semantic import Hit, Lookup
-from kallm.errors import KallmError, UpstreamError, UpstreamTimeout
+from kallm.errors import KallmError, RequestError, UpstreamError, UpstreamTimeout
 from kallm.providers.base import ChatCall, Provider, StreamRelay, forwardable
 from kallm.providers.router import Route
 from kallm.providers.sse import DONE, StreamAssembler, event_data, iter_events, replay_events
-from kallm.server.admission import Admission, admission, breathe, settle_once
+from kallm.server.admission import Admission, admission, settle_once
 from kallm.server.deadline import deadline_of, within
 from kallm.server.log import RequestLog, request_log
 from kallm.server.passthrough import UsageTap
-from kallm.server.request import CacheControls
+from kallm.server.request import CacheControls, cache_key_of, parse_json
 from kallm.server.runtime import Runtime, runtime_of
 from kallm.server.upstream import Event, compact, event_stream, next_event, read_bounded
 
@@ -54,8 +53,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if runtime.settings.log_bodies:
         record.request_body = admitted.body.decode(errors="replace")
     controls = CacheControls.from_headers(request.headers)
-    key = cache_key(payload, admitted.cache_tenant(controls.namespace))
-    await breathe(admitted.body)
+    key = await cache_key_of(payload, admitted.cache_tenant(controls.namespace), admitted.body)
     cache = runtime.semantic_cache
     if controls.lookup:
         lookup = await cache.lookup(
@@ -128,7 +126,7 @@ async def _relay(
     headers[CACHE_HEADER] = "MISS"
     headers[PROVIDER_HEADER] = f"{provider.name}/{opened.route.model}"
     async with upstream:
-        if not stream or upstream.status != 200:
+        if not stream or upstream.status != 200 or not is_event_stream(upstream):
             async with within(deadline):
                 return await _relay_whole(
                     request, runtime, opened.route, upstream, headers, store, started
@@ -158,6 +156,10 @@ async def _relay(
     return response
 
 
+def is_event_stream(upstream: aiohttp.ClientResponse) -> bool:
+    return upstream.content_type == "text/event-stream"
+
+
 async def _relay_whole(
     request: web.Request,
     runtime: Runtime,
@@ -166,7 +168,7 @@ async def _relay_whole(
     headers: Any,
     store: Lookup | None,
     started: float,
-) -> web.Response:
+) -> web.StreamResponse:
     """A JSON answer or an error: read, checked, priced, stored if whole, relayed."""
     provider = route.provider
     record = request_log(request)
@@ -184,6 +186,17 @@ async def _relay_whole(
         record.cost_usd = runtime.prices.cost(route.model, record.usage)
         await _remember(runtime, record, store, completion, data)
     status = provider.adapter.error_status(upstream.status)
+    if status == 200 and payload.get("stream") is True:
+        # asked for a stream, answered whole (some local servers do): the client still
+        # gets the stream it asked for
+        headers.pop("Content-Type", None)
+        response = event_stream(headers)
+        await response.prepare(request)
+        for event in replay_events(completion, _wants_usage(payload)):
+            await response.write(event)
+        await response.write(DONE)
+        await response.write_eof()
+        return response
     if provider.kind != "openai":
         headers["Content-Type"] = "application/json"
     return web.Response(body=data, status=status, headers=headers)
@@ -226,12 +239,17 @@ async def _relay_oversized(
 
 
 def _completion_or_502(data: bytes, provider: Provider) -> dict[str, Any]:
-    """A 200 that is not a chat completion is the upstream's failure, not an answer."""
+    """A 200 that is not a chat completion is the upstream's failure, not an answer (strict
+    JSON: a usage of 1e400 is no number, and would be stored as ``Infinity``)."""
     try:
-        completion = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        completion = parse_json(data, "the upstream's answer")
+    except RequestError:
         completion = None
-    if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
+    if (
+        not isinstance(completion, dict)
+        or not isinstance(completion.get("choices"), list)
+        or not plausible_counts(completion.get("usage"))
+    ):
         raise UpstreamError(
             f"provider {provider.name} answered 200 without a chat completion "
             f"({len(data)} bytes); nothing was cached or charged beyond its usage"
@@ -279,6 +297,8 @@ async def _pump(
         record.upstream_seconds = time.perf_counter() - started
     if not assembler.done:
         record.note = "stream ended without [DONE]"
+        error = UpstreamError("the upstream's stream ended before the answer did")
+        await response.write(b"data: " + compact(error.to_body()).encode() + b"\n\n")
 
 
 async def _drain_for_usage(
@@ -312,14 +332,15 @@ async def _forward(
     if record.first_token_seconds is None:
         record.first_token_seconds = time.perf_counter() - started
     data = event_data(raw)
+    if data is None:
+        return  # comments and empty events carry nothing a chat client reads
     if data == b"[DONE]":
         assembler.done = True
         return  # written by the caller once the answer is stored
-    if data is not None:
-        chunk = json.loads(data)
-        assembler.feed(chunk)
-        if not client_wants_usage and not chunk.get("choices") and chunk.get("usage"):
-            return  # the usage chunk we asked for on our own account
+    chunk = json.loads(data)
+    assembler.feed(chunk)
+    if not client_wants_usage and not chunk.get("choices") and chunk.get("usage"):
+        return  # the usage chunk we asked for on our own account
     await response.write(raw)
 
 

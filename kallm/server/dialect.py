@@ -29,17 +29,16 @@ import aiohttp
 from aiohttp import web
 
 from kallm.accounts.pricing import Usage
-from kallm.cache.scope import cache_key
 from kallm.cache.semantic import Hit, Lookup
 from kallm.errors import KallmError, UpstreamError
 from kallm.providers.base import ChatCall, HttpCall, forwardable
 from kallm.providers.router import Route
 from kallm.providers.sse import StreamAssembler, event_data, iter_events
-from kallm.server.admission import Admission, admission, breathe, settle_once
+from kallm.server.admission import Admission, admission, settle_once
 from kallm.server.chat import CACHE_HEADER, PROVIDER_HEADER, SIMILARITY_HEADER
 from kallm.server.deadline import deadline_of, within
 from kallm.server.log import RequestLog, request_log
-from kallm.server.request import CacheControls
+from kallm.server.request import CacheControls, cache_key_of
 from kallm.server.runtime import Runtime, runtime_of
 from kallm.server.upstream import Event, compact, event_stream, next_event, read_bounded
 
@@ -114,8 +113,8 @@ async def serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     store: Lookup | None = None
     if view is not None:
         controls = CacheControls.from_headers(request.headers)
-        key = cache_key(view, admitted.cache_tenant(controls.namespace, dialect.name))
-        await breathe(admitted.body)
+        tenant = admitted.cache_tenant(controls.namespace, dialect.name)
+        key = await cache_key_of(view, tenant, admitted.body)
         lookup = Lookup(key)
         if controls.lookup:
             lookup = await runtime.semantic_cache.lookup(

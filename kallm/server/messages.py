@@ -25,7 +25,7 @@ from kallm.dialects.messages_stream import (
 )
 from kallm.dialects.scope import messages_view
 from kallm.providers import anthropic
-from kallm.providers.base import HttpCall, encode_payload, forwardable
+from kallm.providers.base import CLIENT_BODY, HttpCall, encode_payload, forwardable
 from kallm.providers.native import provider_key
 from kallm.providers.router import Route
 from kallm.server.admission import admission
@@ -33,7 +33,9 @@ from kallm.server.dialect import ChatTranslator, NativeAssembler, serve
 from kallm.server.passthrough import relay
 from kallm.server.runtime import Runtime, runtime_of
 
-_NOT_FORWARDED = frozenset({"authorization", "x-api-key", "accept-encoding", "content-type"})
+_NOT_FORWARDED = (
+    frozenset({"authorization", "x-api-key", "accept-encoding", "content-type"}) | CLIENT_BODY
+)
 
 
 class MessagesDialect:

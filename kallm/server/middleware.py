@@ -90,6 +90,8 @@ async def _answer(
         response = await handler(request)
     except KallmError as exc:
         response = error_response(exc, dialect)
+        if isinstance(exc, UnsupportedEncoding):
+            response.force_close()  # the unread body cannot be drained: no lingering on it
     except web.HTTPRequestEntityTooLarge:
         limit = runtime.settings.max_body_bytes
         message = f"request body is over the {limit:,}-byte limit (server.max_body_size)"
@@ -98,10 +100,11 @@ async def _answer(
         if exc.status < 400:
             raise
         response = error_response(_http_error(exc), dialect)
-    except HttpProcessingError as exc:  # e.g. a body that claims gzip and is not
-        response = error_response(
-            RequestError(f"the request body cannot be read: {exc.message}"), dialect
-        )
+    except (HttpProcessingError, web.RequestPayloadError) as exc:  # a body claiming gzip...
+        reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        error = RequestError(f"the request body cannot be read: {' '.join(str(reason).split())}")
+        response = error_response(error, dialect)
+        response.force_close()
     except ConnectionResetError:
         # the client left (mid-body or mid-answer): one log line, never a traceback; the
         # response below is never sent
@@ -147,10 +150,15 @@ _ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 def _check_encoding(request: web.Request) -> None:
     """Request bodies in gzip or deflate are decoded (within the size limit); anything else
     is refused rather than relayed or parsed as if it were plain."""
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in _ENCODINGS:
+    values = [
+        part.strip().lower()
+        for header in request.headers.getall("Content-Encoding", [])
+        for part in header.split(",")
+    ]
+    if len(values) > 1 or any(value not in _ENCODINGS for value in values):
+        shown = ", ".join(values)[:60]
         raise UnsupportedEncoding(
-            f"Content-Encoding {encoding[:40]!r} is not supported; send identity, gzip or deflate",
+            f"Content-Encoding {shown!r} is not supported; send one of identity, gzip or deflate",
             param="Content-Encoding",
         )
 

@@ -24,13 +24,13 @@ from kallm.dialects.responses_stream import (
     replay_response_events,
 )
 from kallm.dialects.scope import responses_view
-from kallm.providers.base import HttpCall, encode_payload, forwardable
+from kallm.providers.base import CLIENT_BODY, HttpCall, encode_payload, forwardable
 from kallm.providers.openai import authorization
 from kallm.providers.router import Route
 from kallm.server.dialect import ChatTranslator, NativeAssembler, serve
 from kallm.server.runtime import Runtime
 
-_NOT_FORWARDED = frozenset({"authorization", "accept-encoding", "content-type"})
+_NOT_FORWARDED = frozenset({"authorization", "accept-encoding", "content-type"}) | CLIENT_BODY
 
 
 class ResponsesDialect:

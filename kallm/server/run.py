@@ -54,6 +54,9 @@ async def start_serving(app: web.Application, settings: Settings, host: str, por
         access_log=None,
         shutdown_timeout=GRACE_SECONDS,
         keepalive_timeout=settings.idle_timeout,
+        # a body kallm refused unread (too large, undecodable) is not drained: the
+        # connection closes after the answer instead
+        lingering_time=0,
     )
     await runner.setup()  # start-up: database, providers, cache file
     try:
