@@ -21,7 +21,7 @@ import numpy as np
 import openai
 import pytest
 
-from kallm.cache.journal import journal_path
+from kallm.cache.journal import encode_record, header_bytes, journal_path
 from kallm.cache.persistence import SnapshotKeeper
 from kallm.cache.snapshot import MAGIC, encode, meta_of
 from kallm.cache.store import Entry, MemoryBackend
@@ -222,6 +222,22 @@ async def test_torn_journal_tail_is_ignored_and_cut_off(
     assert keeper_for(path).load() == 6
 
 
+def test_a_record_with_wrong_field_types_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its checksum holds, so the records after it are still read; it alone is left out."""
+    path = tmp_path / "cache.kallm"
+    bad = entry(1)
+    bad.created_at = "yesterday"  # type: ignore[assignment]
+    records = [encode_record(1, entry(0)), encode_record(2, bad), encode_record(3, entry(2))]
+    journal_path(path).write_bytes(header_bytes(EMBEDDER) + b"".join(records))
+    keeper = keeper_for(path)
+    with caplog.at_level(logging.WARNING, logger="kallm.cache"):
+        assert keeper.load() == 2
+    assert "skipped 1 records" in caplog.text
+    assert {e.exact for e in keeper.backend.entries()} == {"exact0", "exact2"}  # type: ignore[attr-defined]
+
+
 def test_journal_of_another_embedder_is_kept_aside(tmp_path: Path) -> None:
     path = tmp_path / "cache.kallm"
     keeper = keeper_for(path, embedder="theirs")
@@ -283,22 +299,21 @@ async def test_a_journal_past_its_limit_triggers_a_snapshot(tmp_path: Path) -> N
 
 
 def test_kill_9_under_load_loses_at_most_a_moment(upstream: Upstream, tmp_path: Path) -> None:
-    """A real ``kallm serve``, stores from a client thread, SIGKILL, restart: the entries
-    whose MISS answer the client got come back (snapshots every hour: only the journal)."""
-    cache_file = tmp_path / "cache.kallm"
+    """A real ``kallm serve``, stores from a client thread, SIGKILL, restart: every entry
+    whose MISS answer the client got more than a second before the kill comes back, and
+    hardly any of the rest is lost (snapshots every hour: only the journal saves them)."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("KALLM_", "OPENAI_"))},
         "OPENAI_BASE_URL": upstream.url,
         "OPENAI_API_KEY": "sk-up",
-        "KALLM_CACHE_FILE": str(cache_file),
+        "KALLM_CACHE_FILE": str(tmp_path / "cache.kallm"),
         "KALLM_EMBEDDING_MODEL": "hash",
         "KALLM_SNAPSHOT_INTERVAL": "1h",
-        "KALLM_LOG_REQUESTS": "false",
-        "KALLM_DB": str(tmp_path / "kallm.db"),
+        "KALLM_DB": "off",
     }
     log = tmp_path / "serve.log"
     first, root = serve(env, log)
-    answered: list[str] = []
+    answered: list[tuple[float, str]] = []  # (when the MISS answer came, prompt)
     stop = threading.Event()
 
     def client() -> None:
@@ -307,19 +322,18 @@ def test_kill_9_under_load_loses_at_most_a_moment(upstream: Upstream, tmp_path: 
         while not stop.is_set():
             prompt = f"kill test question number {i}: what is {i} times {i + 7}?"
             try:
-                raw = api.chat.completions.with_raw_response.create(
-                    model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
-                )
+                raw = ask(api, prompt)
             except openai.APIConnectionError:
                 return  # the server is gone
             if raw.headers.get("x-kallm-cache") == "MISS":
-                answered.append(prompt)
+                answered.append((time.monotonic(), prompt))
             i += 1
 
     thread = threading.Thread(target=client, daemon=True)
     try:
         thread.start()
         time.sleep(2.5)
+        killed_at = time.monotonic()
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         stop.set()
@@ -332,17 +346,21 @@ def test_kill_9_under_load_loses_at_most_a_moment(upstream: Upstream, tmp_path: 
     try:
         back = Http(root).get("/health").json()["cache_entries"]
         api = openai.OpenAI(base_url=root + "/v1", api_key="k", max_retries=0, timeout=5)
-        last = api.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": answered[-1]}]
-        )
+        lost = [(at, p) for at, p in answered if ask(api, p).headers.get("x-kallm-cache") != "HIT"]
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=30)
-    print(f"kill -9: {len(answered)} MISS answers received, {back} entries came back")
-    assert len(answered) > 20  # there was load
-    assert back >= len(answered) - 2  # at most the stores of the last instant
-    assert last.headers.get("x-kallm-cache") == "HIT"
+    print(f"kill -9: {len(answered)} MISS answers, {back} entries back, {len(lost)} lost")
+    assert len(answered) > 50  # there was load
+    assert all(at > killed_at - 1.0 for at, _ in lost)  # nothing older than a second
+    assert len(lost) <= max(5, len(answered) // 25)  # of ~2.5 s of stores: < 0.1 s worth
     assert "Traceback" not in log.read_text()
+
+
+def ask(api: openai.OpenAI, prompt: str) -> Any:
+    return api.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
+    )
 
 
 def serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
