@@ -353,7 +353,7 @@ def test_kill_9_under_load_loses_at_most_a_moment(upstream: Upstream, tmp_path: 
     print(f"kill -9: {len(answered)} MISS answers, {back} entries back, {len(lost)} lost")
     assert len(answered) > 50  # there was load
     assert all(at > killed_at - 1.0 for at, _ in lost)  # nothing older than a second
-    assert len(lost) <= max(5, len(answered) // 25)  # of ~2.5 s of stores: < 0.1 s worth
+    assert len(lost) <= max(5, len(answered) // 10)  # of ~2.5 s of stores: < 0.25 s worth
     assert "Traceback" not in log.read_text()
 
 

@@ -6,9 +6,10 @@ records, each ``u32 payload length | u32 CRC-32 of payload | payload`` with payl
 ``u64 seq | u32 meta length | u32 vector length | meta JSON | float32 vector | response``.
 
 The request path only queues the entry (``append``: a lock held for a list append, no
-I/O); a writer thread encodes and writes whatever has queued, so records reach the
-kernel in batches within milliseconds (all a ``kill -9`` needs) and the event loop never
-waits for a disk; it fsyncs at most every ``FSYNC_SECONDS`` (what a power cut can take).
+I/O); a writer thread wakes at most every ``BATCH_SECONDS`` and encodes and writes
+whatever has queued, so records reach the kernel within ~50 ms (all a ``kill -9`` needs)
+and the event loop never waits for a disk; it fsyncs within ``FSYNC_SECONDS`` (what a
+power cut can take).
 Records carry increasing sequence numbers; a snapshot notes the last one it includes
 and ``checkpoint`` then cuts the file down to the records after it. On load, the
 records after the snapshot's number are replayed; reading stops at the first record
@@ -52,10 +53,12 @@ JOURNAL_MAGIC = b"KALLMJNL\x01\n"
 _RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
 _PAYLOAD = struct.Struct("<QII")  # seq, meta length, vector length
 _U32 = struct.Struct("<I")
-BATCH_SECONDS = 0.01
+# The writer wakes at most this often. Each wake-up takes the GIL from the event loop: one
+# per store cost a busy server ~100 µs of CPU a store (~10%), one per 50 ms ~30 µs (~3%,
+# scripts/bench_snapshot.py --kill9). A kill -9 loses what gathered meanwhile (~50 ms).
+BATCH_SECONDS = 0.05
+FSYNC_SECONDS = 0.2  # written records are fsync'd within this long (what a power cut takes)
 IDLE_SECONDS = 5.0  # the writer thread ends (and closes the file) after this long idle
-FSYNC_SECONDS = 0.2  # written records are fsync'd within this long (one fsync per batch
-# cost ~10% of a busy server's throughput on a 2-CPU machine; this costs nothing measurable)
 MAX_QUEUED_BYTES = 64 * 1024**2  # a stalled disk must not grow memory without bound
 WRITE_CHUNK = 4 * 1024**2
 
