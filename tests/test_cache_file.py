@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pytest
 from kallm.cache.journal import encode_record, header_bytes, journal_path
 from kallm.cache.persistence import SnapshotKeeper
 from kallm.cache.snapshot import MAGIC, encode, meta_of
-from kallm.cache.store import Entry, MemoryBackend
+from kallm.cache.store import Entry, MemoryBackend, Snapshottable
 from tests.harness import Http, Upstream
 from tests.test_errors import free_port
 
@@ -394,3 +395,55 @@ def test_meta_of_round_trips_through_the_file(tmp_path: Path) -> None:
     keeper = keeper_for(path)
     assert keeper.load() == 3
     assert [meta_of(e)[:8] for e in keeper.backend.entries()] == [meta_of(e)[:8] for e in items]  # type: ignore[attr-defined]
+
+
+class DictBackend:
+    """A second Snapshottable that is not a MemoryBackend: the keeper needs nothing more."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, Entry] = {}
+        self.changes = 0
+        self.on_store: Any = None
+
+    def entries(self) -> Iterator[Entry]:
+        return iter(list(self.items.values()))
+
+    def add(self, entry: Entry) -> bool:
+        self.items[entry.exact] = entry
+        self.changes += 1
+        if self.on_store is not None:
+            self.on_store(entry)
+        return True
+
+    def sweep(self, now: float) -> int:
+        return 0
+
+    def listen(self, on_store: Any) -> None:
+        self.on_store = on_store
+
+
+async def test_keeper_needs_only_the_snapshottable_protocol(tmp_path: Path) -> None:
+    assert isinstance(MemoryBackend(1), Snapshottable)
+    assert isinstance(DictBackend(), Snapshottable)
+    path = tmp_path / "cache.kallm"
+    keeper = SnapshotKeeper(DictBackend(), path, EMBEDDER)
+    keeper.load()
+    for i in range(3):
+        keeper.backend.add(entry(i))
+    assert await keeper.save() == 3
+    keeper.backend.add(entry(3))
+    await keeper.close()  # writes what is queued, ends the writer
+    keeper.backend.add(entry(4))  # after close: in memory only
+    again = SnapshotKeeper(DictBackend(), path, EMBEDDER)
+    assert again.load() == 4  # 0-2 from the snapshot, 3 from the journal, not 4
+
+
+def test_unreadable_journal_is_kept_and_nothing_written(tmp_path: Path) -> None:
+    """A journal we cannot read (here: a directory) is neither moved nor cut."""
+    path = tmp_path / "cache.kallm"
+    journal_path(path).mkdir()
+    keeper = keeper_for(path)
+    assert keeper.load() == 0
+    keeper.backend.add(entry(1))
+    assert asyncio.run(keeper.save()) == 0  # snapshots off for this run
+    assert journal_path(path).is_dir() and not path.exists()

@@ -18,8 +18,11 @@ the journal outgrows its limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from kallm.cache.journal import Journal, Replay, journal_path, read_journal
@@ -41,6 +44,24 @@ log = logging.getLogger("kallm.cache")
 # twice the cache. Past twice that limit (snapshots failing) records are dropped.
 JOURNAL_MIN_BYTES = 64 * 1024**2
 TICK_SECONDS = 1.0  # how often run_periodically looks at the journal's size
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Hold the cycle collector while entries are created by the hundred thousand.
+
+    Loading makes no reference cycles, but every few hundred allocations the collector
+    runs, and its full passes walk every object alive: replaying 100,000 journal records
+    beside a large heap took 3.0-4.3 s with it and 2.1 s without (loading happens once, at
+    start-up, before anything else runs).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class SnapshotKeeper:
@@ -72,10 +93,11 @@ class SnapshotKeeper:
         back. Starts journaling: from here on, every store is appended to the journal."""
         now = time.time() if now is None else now
         self._remove_temp_files()
-        seq, dim, loaded = self._load_snapshot(now)
-        if self._off is not None:
-            return loaded
-        replayed, last_seq, good_end = self._replay(seq, dim, now)
+        with _no_gc():
+            seq, dim, loaded = self._load_snapshot(now)
+            if self._off is not None:
+                return loaded
+            replayed, last_seq, good_end = self._replay(seq, dim, now)
         self._start_journal(max(seq, last_seq), good_end)
         return loaded + replayed
 
@@ -123,8 +145,11 @@ class SnapshotKeeper:
         except SnapshotMismatch as exc:
             self._set_aside(path, exc, safe_tag(exc.tag))
             return 0, 0, 0
-        except (SnapshotError, OSError, ValueError) as exc:
+        except (SnapshotError, ValueError) as exc:
             self._set_aside(path, SnapshotError(str(exc)), "corrupt")
+            return 0, 0, 0
+        except OSError as exc:  # the next snapshot would cut it: keep it, write nothing
+            self._turn_off(f"cache journal {path} cannot be read ({exc})")
             return 0, 0, 0
         self._report(replay)
         added = self._add_live([e for seq, e in replay.records if seq > after_seq], now)
