@@ -150,7 +150,7 @@ class MemoryBackend:
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_bytes // MAX_ENTRY_SHARE
         self.counters = BackendCounters()
-        self.bytes = 0  # sum of entry_bytes over the entries held
+        self.bytes = 0  # entry_bytes of every entry held + SCOPE_OVERHEAD per vector scope
         self._entries: OrderedDict[int, Entry] = OrderedDict()  # oldest use first
         self._by_exact: dict[str, int] = {}
         self._scopes: dict[str, VectorIndex] = {}
