@@ -62,6 +62,7 @@ class Settings:
     similarity_threshold: float | None = None  # None: the embedder's own measured default
     cache_ttl: float = 24 * 3600.0
     max_cache_size: int = 10_000
+    cache_max_bytes: int = 512 * 1024**2  # = kallm.cache.store.DEFAULT_MAX_BYTES
     embedding_model: str = "local"
     cache_file: Path | None = field(default_factory=lambda: default_data_dir() / "cache.kallm")
     snapshot_interval: float = 300.0
@@ -298,6 +299,7 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "max_cache_size", "cache.max_entries", ("KALLM_MAX_CACHE_SIZE",), _int_in(1, 10_000_000)
     ),
+    SettingSpec("cache_max_bytes", "cache.max_bytes", ("KALLM_CACHE_MAX_BYTES",), parse_size),
     SettingSpec(
         "embedding_model",
         "cache.embedding_model",

@@ -1,4 +1,5 @@
-"""Entries come and go: TTL, LRU eviction, snapshots across restarts, corrupt files."""
+"""Entries come and go: TTL, LRU eviction, snapshots across restarts, corrupt files, files of
+another embedder kept."""
 
 from __future__ import annotations
 
@@ -78,11 +79,23 @@ def test_truncated_snapshot_starts_empty(
 
 
 def test_snapshot_of_another_embedder_is_not_mixed_in(
-    make_proxy: Any, loop_thread: LoopThread, upstream: Upstream
+    make_proxy: Any, loop_thread: LoopThread, upstream: Upstream, proxy_settings: Any
 ) -> None:
     first = make_proxy(embedding_model="hash", embedder=None)
     ask(client_for(first), "What is the tallest animal?")
     stop(loop_thread, first.runner)
+    path = proxy_settings.cache_file
+    theirs = path.read_bytes()
     second = make_proxy()  # the local embedder
     assert Http(second.root).get("/health").json()["cache_entries"] == 0
     assert cache_header(ask(client_for(second), "What is the tallest animal?")) == "MISS"
+    stop(loop_thread, second.runner)  # writes the local embedder's snapshot...
+    aside = path.with_name(f"{path.name}.{first.runtime.cache.embedder.name}")
+    assert aside.read_bytes() == theirs  # ...beside the hash embedder's, which is kept
+    third = make_proxy(embedding_model="hash", embedder=None)
+    assert Http(third.root).get("/health").json()["cache_entries"] == 0  # not the local one
+    aside.replace(path.with_name("restored.kallm"))
+    fourth = make_proxy(
+        embedding_model="hash", embedder=None, cache_file=aside.with_name("restored.kallm")
+    )
+    assert cache_header(ask(client_for(fourth), "What is the tallest animal?")) == "HIT"

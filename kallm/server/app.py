@@ -28,7 +28,7 @@ from kallm.accounts.ratelimit import RateLimits
 from kallm.cache.guard import hit_guard
 from kallm.cache.persistence import SnapshotKeeper
 from kallm.cache.semantic import HitGuard, SemanticCache
-from kallm.cache.store import CacheBackend
+from kallm.cache.store import CacheBackend, Snapshottable
 from kallm.config import Settings
 from kallm.db import DatabaseWriter
 from kallm.db.spend import SpendWriter
@@ -214,16 +214,17 @@ async def _semantic_cache(app: web.Application) -> AsyncIterator[None]:
                 log.info("cache: %d entries saved to %s", saved, keeper.path)
         except OSError as exc:
             log.error("cache: final snapshot to %s failed: %s", keeper.path, exc)
+        await keeper.close()
 
 
 def _keeper(runtime: Runtime, embedder_name: str) -> SnapshotKeeper | None:
     """The cache file's keeper, when there is a file and the backend can be snapshotted."""
     path = runtime.settings.cache_file
     backend = runtime.backends.cache
-    if path is None or not hasattr(backend, "entries"):
-        return None
+    if path is None or not isinstance(backend, Snapshottable):
+        return None  # a shared backend (Redis) keeps its own state: no file
     _check_writable(path)
-    runtime.keeper = SnapshotKeeper(backend, path, embedder_name)  # type: ignore[arg-type]
+    runtime.keeper = SnapshotKeeper(backend, path, embedder_name)
     loaded = runtime.keeper.load()
     log.info("cache: %d entries loaded from %s", loaded, path)
     return runtime.keeper

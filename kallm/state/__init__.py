@@ -31,7 +31,7 @@ def in_process(settings: Settings, spend_sink: SpendSink | None) -> Backends:
     """State in this process; keys (and durable spend) in the database, if there is one."""
     keys = DatabaseKeys(settings.db_path, settings.keys_dir) if settings.db_path else None
     return Backends(
-        cache=MemoryBackend(settings.max_cache_size),
+        cache=MemoryBackend(settings.max_cache_size, max_bytes=settings.cache_max_bytes),
         ledger=MemoryLedger(spend_sink),
         limits=MemoryRateLimits(),
         keys=keys,
