@@ -355,6 +355,7 @@ def create(
     metadata: list[str] | None = POLICY["metadata"],
     namespace: str | None = POLICY["namespace"],
     output: str = OUTPUT,
+    as_json: bool = JSON,
     k8s_namespace: str = K8S_NS,
     label: list[str] | None = LABEL,
     config: Path | None = CONFIG_OPTION,
@@ -371,7 +372,7 @@ def create(
     labels = _k8s_flags(output, k8s_namespace, label)
     with _keys(config, db, url, admin_key) as keys:
         record, secret = keys.create(name.strip(), policy)
-    _print_secret(record, secret, output, k8s_namespace, labels, "Created")
+    _print_secret(record, secret, "json" if as_json else output, k8s_namespace, labels, "Created")
 
 
 def _k8s_flags(output: str, namespace: str, label: list[str] | None) -> dict[str, str]:
@@ -473,6 +474,7 @@ def revoke(
 def rotate(
     ref: str = REF,
     output: str = OUTPUT,
+    as_json: bool = JSON,
     k8s_namespace: str = K8S_NS,
     label: list[str] | None = LABEL,
     config: Path | None = CONFIG_OPTION,
@@ -484,7 +486,7 @@ def rotate(
     labels = _k8s_flags(output, k8s_namespace, label)
     with _keys(config, db, url, admin_key) as keys:
         record, secret = keys.rotate(ref)
-    _print_secret(record, secret, output, k8s_namespace, labels, "Rotated")
+    _print_secret(record, secret, "json" if as_json else output, k8s_namespace, labels, "Rotated")
 
 
 def register(root: typer.Typer) -> None:
