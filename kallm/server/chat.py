@@ -32,9 +32,16 @@ from kallm.server.admission import Admission, admission, settle_once
 from kallm.server.deadline import deadline_of, within
 from kallm.server.log import RequestLog, request_log
 from kallm.server.passthrough import UsageTap
-from kallm.server.request import CacheControls, cache_key_of, parse_json
+from kallm.server.request import CacheControls, cache_key_of, parse_json_yielding
 from kallm.server.runtime import Runtime, runtime_of
-from kallm.server.upstream import Event, compact, event_stream, next_event, read_bounded
+from kallm.server.upstream import (
+    Event,
+    compact,
+    event_stream,
+    next_event,
+    read_bounded,
+    sent,
+)
 
 CACHE_HEADER = "X-Kallm-Cache"
 PROVIDER_HEADER = "X-Kallm-Provider"
@@ -91,7 +98,9 @@ async def _serve_hit(
         record.response_body = compact(completion)
     headers = {CACHE_HEADER: "HIT", SIMILARITY_HEADER: f"{hit.similarity:.4f}"}
     if payload.get("stream") is not True:
-        return web.json_response(completion, headers=headers, dumps=compact)
+        # sent here, not by aiohttp after the handler: the bookkeeping that follows
+        # (metrics, the log row) is then off the client's clock
+        return await sent(request, web.json_response(completion, headers=headers, dumps=compact))
     response = event_stream(headers)
     await response.prepare(request)
     for event in replay_events(completion, _wants_usage(payload)):
@@ -181,14 +190,14 @@ async def _relay_whole(
         return await _relay_oversized(request, runtime, route, upstream, headers, data)
     data = provider.adapter.answer(upstream.status, data, payload["model"])
     if upstream.status == 200:
-        completion = _completion_or_502(data, provider)
+        completion = await _completion_or_502(data, provider)
         record.usage = Usage.from_openai(completion.get("usage"))
         record.cost_usd = runtime.prices.cost(route.model, record.usage)
-        await _remember(runtime, record, store, completion, data)
     status = provider.adapter.error_status(upstream.status)
     if status == 200 and payload.get("stream") is True:
         # asked for a stream, answered whole (some local servers do): the client still
         # gets the stream it asked for
+        await _remember(runtime, record, store, completion, data)
         headers.pop("Content-Type", None)
         response = event_stream(headers)
         await response.prepare(request)
@@ -199,7 +208,15 @@ async def _relay_whole(
         return response
     if provider.kind != "openai":
         headers["Content-Type"] = "application/json"
-    return web.Response(body=data, status=status, headers=headers)
+    response = web.Response(body=data, status=status, headers=headers)
+    if status != 200:
+        return response
+    if admission(request).reservation is not None:
+        await _remember(runtime, record, store, completion, data)
+        return response  # settled (spend committed) before it is sent: see the middleware
+    await sent(request, response)  # nothing to commit first: the client need not wait
+    await _remember(runtime, record, store, completion, data)
+    return response
 
 
 async def _relay_oversized(
@@ -238,11 +255,11 @@ async def _relay_oversized(
     return response
 
 
-def _completion_or_502(data: bytes, provider: Provider) -> dict[str, Any]:
+async def _completion_or_502(data: bytes, provider: Provider) -> dict[str, Any]:
     """A 200 that is not a chat completion is the upstream's failure, not an answer (strict
     JSON: a usage of 1e400 is no number, and would be stored as ``Infinity``)."""
     try:
-        completion = parse_json(data, "the upstream's answer")
+        completion = await parse_json_yielding(data, "the upstream's answer")
     except RequestError:
         completion = None
     if (

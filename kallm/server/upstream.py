@@ -47,3 +47,11 @@ def event_stream(headers: Any) -> web.StreamResponse:
 
 def compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+async def sent(request: web.Request, response: web.Response) -> web.Response:
+    """Send a whole response now, inside the handler: work after this call is off the
+    client's clock (aiohttp would otherwise send it only after the handler returns)."""
+    await response.prepare(request)
+    await response.write_eof()
+    return response
