@@ -72,13 +72,15 @@ class HttpCall:
     data: bytes
 
 
-def encode_payload(payload: dict[str, Any], model: str | None = None) -> bytes:
-    """The body sent upstream: the request as kallm checked it, re-encoded (never the
-    client's bytes, which may say something else to another JSON parser: a duplicated
-    ``model`` is read last-wins here and first-wins elsewhere)."""
-    if model is not None and payload.get("model") != model:
-        payload = {**payload, "model": model}
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+def encode_payload(payload: dict[str, Any], model: str, sent: bytes | None = None) -> bytes:
+    """The body for upstream: the client's own bytes when they say exactly what was checked
+    (the JSON parser refuses duplicate keys, so they cannot say two things) and the model
+    keeps its name; otherwise the checked request, re-encoded."""
+    if sent is not None and payload.get("model") == model:
+        return sent
+    return json.dumps(
+        {**payload, "model": model}, separators=(",", ":"), ensure_ascii=False
+    ).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,7 @@ class ChatCall:
     model: str  # the upstream model name for this route
     stream: bool
     client_headers: Mapping[str, str]
+    sent: bytes | None = None  # the client's body, forwardable as is (see encode_payload)
 
 
 class StreamRelay(Protocol):

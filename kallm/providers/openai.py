@@ -53,11 +53,12 @@ class OpenAIAdapter:
         headers["Accept-Encoding"] = "identity"  # we read the answer to cache it
         headers["Content-Type"] = "application/json"
         body: dict[str, Any] = call.payload
+        sent = call.sent
         if call.stream:  # ask for usage so the answer can be priced and replayed
             options = {**(call.payload.get("stream_options") or {}), "include_usage": True}
-            body = {**body, "stream_options": options}
+            body, sent = {**body, "stream_options": options}, None
         return HttpCall(
-            provider.url("/chat/completions"), headers, encode_payload(body, call.model)
+            provider.url("/chat/completions"), headers, encode_payload(body, call.model, sent)
         )
 
     def answer(self, status: int, body: bytes, model: str) -> bytes:

@@ -135,7 +135,7 @@ class Router:
 
         async def send(route: Route) -> aiohttp.ClientResponse:
             return await route.provider.open_chat(
-                ChatCall(call.payload, route.model, call.stream, call.client_headers)
+                ChatCall(call.payload, route.model, call.stream, call.client_headers, call.sent)
             )
 
         return await self.open_with(routes, send)

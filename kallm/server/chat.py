@@ -32,7 +32,7 @@ from kallm.server.admission import Admission, admission, settle_once
 from kallm.server.deadline import deadline_of, within
 from kallm.server.log import RequestLog, request_log
 from kallm.server.passthrough import UsageTap
-from kallm.server.request import CacheControls, cache_key_of, parse_json_yielding
+from kallm.server.request import CacheControls, breathe, cache_key_of, parse_json_yielding
 from kallm.server.runtime import Runtime, runtime_of
 from kallm.server.upstream import (
     Event,
@@ -88,6 +88,7 @@ async def _serve_hit(
     request: web.Request, runtime: Runtime, payload: dict[str, Any], hit: Hit
 ) -> web.StreamResponse:
     completion = json.loads(hit.entry.response)
+    await breathe(hit.entry.response)
     completion["id"] = "chatcmpl-kallm" + secrets.token_hex(12)
     completion["created"] = int(time.time())
     record = request_log(request)
@@ -123,7 +124,7 @@ async def _relay(
     if runtime.virtual_keys:  # a virtual key is ours: the provider gets its own key
         client_headers = forwardable(request.headers, frozenset({"authorization"}))
     routes = admitted.routes
-    call = ChatCall(payload, routes[0].model, stream, client_headers)
+    call = ChatCall(payload, routes[0].model, stream, client_headers, admitted.body)
     started = time.perf_counter()
     deadline = deadline_of(request, runtime.settings.upstream_deadline)
     async with within(deadline):

@@ -54,7 +54,9 @@ class MessagesDialect:
         out["content-type"] = "application/json"
         out["accept-encoding"] = "identity"  # kallm reads the answer to price and cache it
         return HttpCall(
-            route.provider.url(anthropic.chat_path()), out, encode_payload(payload, route.model)
+            route.provider.url(anthropic.chat_path()),
+            out,
+            encode_payload(payload, route.model, body),
         )
 
     def is_answer(self, answer: Any) -> bool:
@@ -109,7 +111,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     route = admitted.routes[0]
     if route.provider.kind != "anthropic":
         return web.json_response(m.count_tokens_response(payload))
-    body = encode_payload(payload, route.model)
+    body = encode_payload(payload, route.model, admitted.body)
     headers = {
         **anthropic_auth(runtime, route, request.headers),
         "anthropic-version": request.headers.get("anthropic-version", anthropic.API_VERSION),

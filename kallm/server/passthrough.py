@@ -57,7 +57,7 @@ async def _policed(
             f"/{'/'.join(admitted.path.segments)} endpoint",
             param="model",
         )
-    body = encode_payload(admitted.payload or {}, route.model)  # the name upstream knows
+    body = encode_payload(admitted.payload or {}, route.model, admitted.body)
     record = request_log(request)
     record.upstream_model = route.model
     tap = UsageTap()

@@ -48,7 +48,9 @@ class ResponsesDialect:
         out["Authorization"] = authorization(route.provider, client)
         out["Content-Type"] = "application/json"
         out["Accept-Encoding"] = "identity"  # kallm reads the answer to price and cache it
-        return HttpCall(route.provider.url("/responses"), out, encode_payload(payload, route.model))
+        return HttpCall(
+            route.provider.url("/responses"), out, encode_payload(payload, route.model, body)
+        )
 
     def is_answer(self, answer: Any) -> bool:
         return isinstance(answer, dict) and isinstance(answer.get("output"), list)
