@@ -28,6 +28,7 @@ import logging
 import struct
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -107,6 +108,7 @@ class RedisCache:
         self._tail_client = state.blocking_client(BLOCK_SECONDS)
         self.rebuilds = 0
         self._put_while_rebuilding: list[Entry] | None = None
+        self._unshared: list[Entry] = []  # put while Redis was away: shared when it is back
         state.register(
             Part(
                 "cache",
@@ -174,7 +176,15 @@ class RedisCache:
         if self._touched:  # this replica's hits count before the put trims the fleet's LRU
             with contextlib.suppress(StateUnavailable):
                 await self._flush_touches()
-        ttl_ms = max(1, int((entry.expires_at - entry.created_at) * 1000))
+        try:
+            await self.state.call(self._put_script(entry))
+        except StateUnavailable:
+            if len(self._unshared) < self.max_entries:
+                self._unshared.append(entry)
+
+    def _put_script(self, entry: Entry) -> Any:
+        """The put, as a coroutine for ``RedisState.call``."""
+        ttl_ms = max(1, int((entry.expires_at - time.time()) * 1000))  # what is left of it
         args = [
             entry.exact,
             encode(entry),
@@ -184,9 +194,24 @@ class RedisCache:
             self._entry_key(""),
             self.replica,
         ]
-        with contextlib.suppress(StateUnavailable):
-            await self.state.call(
-                _PUT(self.state.client, [self._entry_key(entry.exact), *self._keys], args)
+        keys = [self._entry_key(entry.exact), *self._keys]
+        return _PUT(self.state.client, keys, args)
+
+    async def _share_local(self, redis_is_empty: bool) -> None:
+        """Before reading Redis back: entries put here while it was away, or, when Redis
+        came back empty (restarted without persistence), everything this replica holds,
+        so an outage does not cost the fleet its cache."""
+        entries = list(self.local.entries()) if redis_is_empty else self._unshared
+        self._unshared = []
+        now = time.time()
+        for entry in entries:
+            if entry.expires_at > now:
+                await self.state.call(self._put_script(entry))
+        if entries and redis_is_empty:
+            log.warning(
+                "cache: Redis came back without kallm's entries (restarted without "
+                "persistence?); %d written back from this replica",
+                len(entries),
             )
 
     async def touch(self, entry: Entry, now: float) -> None:
@@ -221,6 +246,7 @@ class RedisCache:
     async def _rebuild(self) -> None:
         client = self.state.client
         lru, _, stream, stats = self._keys
+        await self._share_local(await self.state.call(client.exists(stats)) == 0)
         async with client.pipeline(transaction=True) as pipe:
             pipe.hget(stats, "seq")
             pipe.xrevrange(stream, count=1)

@@ -227,13 +227,41 @@ class RedisKeys:
         ]
 
     async def _reload(self) -> None:
-        """This replica's map: every record, as of one version."""
+        """This replica's map: every record, as of one version. A version lower than the
+        one loaded last means Redis lost its data (restarted without persistence): the
+        records this replica holds and Redis lacks are written back first, so no caller
+        is refused while the replicas put the keys back."""
+        version, raw = await self._read_version()
+        if self._version is not None and version < self._version and self._by_hash:
+            missing = [r for r in self._by_hash.values() if r.id.encode() not in raw]
+            if missing:
+                await self._restore(missing)
+                version, raw = await self._read_version()
+        self._by_hash = {record.hash: record for record in map(decode, raw.values())}
+        self._version = version
+
+    async def _read_version(self) -> tuple[int, dict[bytes, bytes]]:
         async with self.state.client.pipeline(transaction=True) as pipe:
             pipe.get(self._version_key)
             pipe.hgetall(self._records)
             version, raw = await self.state.call(pipe.execute())
-        self._by_hash = {record.hash: record for record in map(decode, raw.values())}
-        self._version = int(version or 0)
+        return int(version or 0), raw
+
+    async def _restore(self, records: list[KeyRecord]) -> None:
+        """Write records back, each seeded with the fleet spend last seen here (a budget
+        resumes about where it was). Rotated-out hashes are not among them."""
+        restored = 0
+        for record in records:
+            seed = max(record.spend_usd, self.ledger.seen.get(record.id, 0.0))
+            with contextlib.suppress(_Changed, KeyConflict):
+                await self._put(replace(record, spend_usd=seed), b"", "")
+                restored += 1
+        log.warning(
+            "keys: Redis came back without %d of kallm's keys (restarted without "
+            "persistence?); %d written back from this replica",
+            len(records),
+            restored,
+        )
 
     async def _load_directory(self) -> None:
         """Changed Secret files into Redis; removed ones revoke their keys."""

@@ -23,6 +23,7 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from kallm.accounts.budget import Reservation, over_budget
 from kallm.accounts.keys import KeyRecord
@@ -66,6 +67,8 @@ class RedisLedger:
         self.reservation_ttl = reservation_ttl
         self._pending: deque[tuple[Script, list[str], list[object]]] = deque()
         self.dropped = 0  # settlements lost because the queue was full during an outage
+        # the fleet's spend per key as last seen here: the seed if Redis loses its data
+        self.seen: dict[str, float] = {}
         state.register(
             Part(
                 "budgets",
@@ -116,6 +119,7 @@ class RedisLedger:
                 "kallm cannot reach right now, so the request was not started. Retry shortly.",
                 headers={"Retry-After": "5"},
             ) from None
+        self.seen[key.id] = int(spend) / MICRO
         if status == 0:
             raise over_budget(key, int(spend) / MICRO)
         if status == 2:
@@ -141,7 +145,9 @@ class RedisLedger:
             repr(seed_start),
             max(SETTLED_SECONDS, 2 * self.reservation_ttl),
         ]
-        await self._run_or_queue(_SETTLE, self.keys(reservation.key_id), args)
+        reply = await self._run_or_queue(_SETTLE, self.keys(reservation.key_id), args)
+        if reply is not None:
+            self.seen[reservation.key_id] = int(reply[1]) / MICRO
 
     async def add_saved(self, key: KeyRecord, saved: float, now: float) -> None:
         args: list[object] = [micro(saved), micro(key.spend_usd), repr(key.period_start)]
@@ -188,11 +194,12 @@ class RedisLedger:
         if replayed:
             log.info("budgets: %d settlements made during the outage are now counted", replayed)
 
-    async def _run_or_queue(self, script: Script, keys: list[str], args: list[object]) -> None:
+    async def _run_or_queue(self, script: Script, keys: list[str], args: list[object]) -> Any:
         try:
-            await self.state.call(script(self.state.client, keys, args))
+            return await self.state.call(script(self.state.client, keys, args))
         except StateUnavailable:
             if len(self._pending) >= PENDING_MAX:
                 self._pending.popleft()
                 self.dropped += 1
             self._pending.append((script, keys, args))
+            return None
