@@ -51,7 +51,7 @@ def serve(
     redis_url: str | None = typer.Option(
         None,
         help="Share cache, budgets, rate limits and keys with other replicas through this "
-        "Redis or Valkey, e.g. redis://redis:6379/0 (env KALLM_REDIS_URL; needs kallm[redis]).",
+        "Redis or Valkey, e.g. redis://redis:6379/0 (env KALLM_REDIS_URL).",
     ),
     log_json: bool | None = typer.Option(
         None,

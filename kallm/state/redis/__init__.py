@@ -6,7 +6,7 @@ Each part sits behind the seam its domain defines, so the request path does not 
 runs: ``RedisCache`` (a ``CacheBackend``), ``RedisLedger`` (a ``SpendLedger``),
 ``RedisRateLimits`` (``RateLimits``) and ``RedisKeys`` (a ``KeyBackend``), all on one
 ``RedisState`` (the connection, whether Redis answers, and what to redo when it returns).
-The client library is the optional extra ``kallm[redis]``: a laptop never needs it.
+The client library (redis-py) is imported only here, so a laptop never loads it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ try:
 except ImportError:  # pragma: no cover - depends on what is installed
     raise ConfigError(
         "state.redis_url (KALLM_REDIS_URL) is set, but the Redis client is not installed: "
-        "pip install 'kallm[redis]'"
+        "pip install 'redis>=5.0.1'"
     ) from None
 
 from kallm.state.redis.cache import RedisCache
