@@ -136,6 +136,19 @@ class KeptAlive:
         return response.getheader("X-Kallm-Cache")
 
 
+def kallm_cli(replica: Replica, *args: str) -> Any:
+    """``kallm ARGS --url <replica>``, as an operator runs it; its JSON output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "kallm", *args, "--url", f"http://127.0.0.1:{replica.port}"],
+        env=hermetic_env({"KALLM_ADMIN_KEY": ADMIN}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
 def start_replica(name: str, tmp: Path, redis_url: str, upstream_url: str) -> Replica:
     port = free_port()
     log = tmp / f"{name}.log"
@@ -265,6 +278,12 @@ def test_concurrent_requests_over_three_replicas_stay_within_one_request_of_the_
     )
     assert served >= 6
     assert spend <= budget + most
+    # the CLI against any replica shows the fleet's spend and entries
+    for replica in fleet.replicas[1:]:
+        listed = kallm_cli(replica, "keys", "list", "--json")
+        assert next(k for k in listed if k["id"] == key_id)["spend_usd"] == spend
+    stats = kallm_cli(fleet.replicas[2], "stats", "--json")
+    assert stats["server"]["total_entries"] >= served
     refused = next(r for r in replies if r.status == 429)
     assert refused.json()["error"]["code"] == "insufficient_quota"
 

@@ -50,7 +50,10 @@ class RedisRateLimits:
     async def admit(self, key: KeyRecord, tokens: int, request_id: str, now: float) -> RateState:
         if key.rpm is None and key.tpm is None:
             return RateState(None, None, None, None)
-        args = [key.rpm or 0, key.tpm or 0, tokens if key.tpm else 0]
+        if key.rpm == 0:  # a limit of none: nothing is admitted (0 means "no limit" to Lua)
+            return RateState(0, 0, key.tpm, None, 60.0, "requests per minute")
+        tpm = None if key.tpm is None else max(key.tpm, 1)
+        args = [key.rpm or 0, tpm or 0, tokens if tpm else 0]
         try:
             reply = await self.state.call(_ADMIT(self.state.client, [self._key(key)], args))
         except StateUnavailable:
@@ -82,7 +85,7 @@ class RedisRateLimits:
             return
         if key.tpm is None or used == reserved:
             return
-        args = [used - reserved, key.tpm]
+        args = [used - reserved, max(key.tpm, 1)]
         with contextlib.suppress(StateUnavailable):  # else the estimate stays charged
             await self.state.call(_SETTLE(self.state.client, [self._key(key)], args))
 
