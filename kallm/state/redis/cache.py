@@ -105,6 +105,7 @@ class RedisCache:
         self._seq = 0  # the last put of the stream this replica has applied
         self._stream_id = b"0-0"
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._tail_client = state.blocking_client(BLOCK_SECONDS)
         self.rebuilds = 0
         self._put_while_rebuilding: list[Entry] | None = None
@@ -140,6 +141,7 @@ class RedisCache:
         ]
 
     async def close(self) -> None:
+        self._closing = True  # redis-py may turn a cancellation into a ConnectionError
         await stop_tasks(self._tasks)
         with contextlib.suppress(StateUnavailable, *UNREACHABLE):
             await self._flush_touches()
@@ -272,7 +274,7 @@ class RedisCache:
     async def _tail_forever(self) -> None:
         """Apply other replicas' puts as they come; rebuild after a gap or an outage."""
         stream = self._keys[2]
-        while True:
+        while not self._closing:
             if not self.state.up:
                 await self.state.until_up()
                 continue
@@ -281,7 +283,8 @@ class RedisCache:
                     {stream: self._stream_id}, count=READ_COUNT, block=int(BLOCK_SECONDS * 1000)
                 )
             except UNREACHABLE as exc:
-                self.state.lost(exc)
+                if not self._closing:
+                    self.state.lost(exc)
                 continue
             for _, items in replies or []:
                 if not self._apply(items):

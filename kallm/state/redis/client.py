@@ -90,6 +90,7 @@ class RedisState:
         self._monitor: asyncio.Task[None] | None = None
         self._blocking: list[aioredis.Redis] = []
         self._recovered = asyncio.Event()
+        self._closing = False
 
     def where(self) -> str:
         """The server, without a password, for messages."""
@@ -125,6 +126,7 @@ class RedisState:
         self._monitor = asyncio.create_task(self._watch())
 
     async def close(self) -> None:
+        self._closing = True
         if self._monitor is not None:
             await stop_tasks([self._monitor])
         for client in [*self._blocking, self.client]:
@@ -147,7 +149,7 @@ class RedisState:
 
     def lost(self, exc: BaseException) -> None:
         """A call failed for want of Redis: mark every part down and let the monitor retry."""
-        if self.up:
+        if self.up and not self._closing:
             self.up = False
             self._recovered.clear()
             self._mark_down(exc)
@@ -168,7 +170,7 @@ class RedisState:
         """Ping while up (an idle replica notices an outage too); retry while down."""
         if self.up:
             self._recovered.set()
-        while True:
+        while not self._closing:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(
                     self._wake.wait(), PING_SECONDS if self.up else RETRY_SECONDS

@@ -88,6 +88,7 @@ class RedisKeys:
         self._version: int | None = None
         self._revocations: set[str] = set()  # files removed while Redis was away
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._listener = state.blocking_client(1.0)
         self._channel = f"{state.prefix}:keys:changed"
         tag = state.key
@@ -115,6 +116,7 @@ class RedisKeys:
         ]
 
     async def close(self) -> None:
+        self._closing = True  # redis-py may turn a cancellation into a ConnectionError
         await stop_tasks(self._tasks)
 
     # -- KeyBackend -----------------------------------------------------------------------
@@ -319,7 +321,7 @@ class RedisKeys:
 
     async def _listen(self) -> None:
         """Reload on every change notification."""
-        while True:
+        while not self._closing:
             if not self.state.up:
                 await self.state.until_up()
                 continue
@@ -327,12 +329,13 @@ class RedisKeys:
             try:
                 await pubsub.subscribe(self._channel)
                 await self._reload()  # anything published before the subscription
-                while True:
+                while not self._closing:  # (get_message can swallow a cancellation)
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and int(message["data"]) != self._version:
                         await self._reload()
             except UNREACHABLE as exc:
-                self.state.lost(exc)
+                if not self._closing:
+                    self.state.lost(exc)
             except StateUnavailable:
                 pass
             finally:
