@@ -82,6 +82,12 @@ class Settings:
     log_probes: bool = False  # access lines for /health, /stats and /metrics
     log_bodies: bool = False
     log_retention: float = 30 * 86400.0
+    # shared state (kallm.state.redis): unset = everything in this process
+    redis_url: str | None = None
+    replicas: int = 1  # with Redis down, each replica enforces rate limits / replicas
+    redis_timeout: float = 0.5  # per Redis call: a dead Redis must not stall a request
+    redis_prefix: str = "kallm"  # key prefix, so several deployments can share one Redis
+    reservation_ttl: float = 600.0  # a dead replica's budget reservations free after this
     # structured tables of kallm.toml, parsed in kallm.providers.config
     providers: tuple[ProviderConfig, ...] = ()
     aliases: tuple[AliasConfig, ...] = ()
@@ -235,6 +241,31 @@ def parse_usd(value: Any) -> float:
     return amount
 
 
+def parse_redis_url(value: Any) -> str | None:
+    """``redis://``, ``rediss://`` (TLS) or ``unix://``; empty or ``off`` for none."""
+    text = str(value).strip()
+    if text.lower() in {"", "off", "none"}:
+        return None
+    parsed = urlparse(text)
+    if parsed.scheme not in {"redis", "rediss", "unix"} or not (parsed.netloc or parsed.path):
+        raise ValueError("a redis://host:port[/db], rediss://... or unix:///path URL")
+    return text
+
+
+def parse_prefix(value: Any) -> str:
+    text = str(value).strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", text):
+        raise ValueError("1-64 letters, digits, '_', '.', ':' or '-'")
+    return text
+
+
+def parse_positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("a duration above zero, such as 500ms or 2s")
+    return seconds
+
+
 def parse_secret(value: Any) -> str | None:
     text = str(value).strip()
     return text or None
@@ -330,6 +361,18 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("log_probes", "log.probes", ("KALLM_LOG_PROBES",), parse_bool),
     SettingSpec("log_bodies", "log.bodies", ("KALLM_LOG_BODIES",), parse_bool),
     SettingSpec("log_retention", "log.retention", ("KALLM_LOG_RETENTION",), parse_duration),
+    SettingSpec("redis_url", "state.redis_url", ("KALLM_REDIS_URL",), parse_redis_url, secret=True),
+    SettingSpec("replicas", "state.replicas", ("KALLM_REPLICAS",), _int_in(1, 1000)),
+    SettingSpec(
+        "redis_timeout", "state.redis_timeout", ("KALLM_REDIS_TIMEOUT",), parse_positive_duration
+    ),
+    SettingSpec("redis_prefix", "state.redis_prefix", ("KALLM_REDIS_PREFIX",), parse_prefix),
+    SettingSpec(
+        "reservation_ttl",
+        "state.reservation_ttl",
+        ("KALLM_RESERVATION_TTL",),
+        parse_positive_duration,
+    ),
 )
 SPEC_BY_FIELD = {spec.field: spec for spec in SPECS}
 STRUCTURED_FIELDS = frozenset({"providers", "aliases", "prices"})

@@ -9,11 +9,14 @@
 #          kind (a misspelt field fails);
 #        - the ServiceMonitor (a CRD, not in kubernetes-validate's schemas) is checked
 #          against the Service it selects by deploy/checks/manifests.py instead;
-#        - the chart's promises (one replica, Recreate, grace >= 35 s, non-root, read-only
-#          root with writable /data and /tmp, /health probes, KALLM_* env), and
+#        - the chart's promises (one replica and Recreate without shared state; with Redis:
+#          RollingUpdate, a PodDisruptionBudget, preStop, pod-local /data, KALLM_REPLICAS;
+#          grace >= 35 s + preStop, non-root, read-only root with writable /data and /tmp,
+#          /health probes, KALLM_* env), and
 #        - the rendered kallm.toml + env go through kallm's own settings loader;
-#   3. values the chart must refuse (replicaCount 2, a grace period under the drain time,
-#      two provider-key sources) make helm template fail;
+#   3. values the chart must refuse (replicaCount 2 or autoscaling without shared state, two
+#      shared-state sources, a grace period under the drain time, two provider-key
+#      sources) make helm template fail;
 #   4. hadolint the Dockerfile (any finding fails);
 #   5. docker-compose.yml keeps its promises (port, .env, /data volume, healthcheck, grace);
 #   6. the wheel the Dockerfile builds, from exactly the files .dockerignore lets in,
@@ -170,7 +173,12 @@ refuse() {  # refuse DESCRIPTION EXPECTED-MESSAGE HELM-ARGS...
         sed 's/^/    /' "$WORK/refuse.err"; fail "helm template failed on $what, without saying '$expect'"
     fi
 }
-refuse "replicaCount=2" "replicaCount must be 1" --set replicaCount=2
+refuse "replicaCount=2 without shared state" "replicaCount must be 1 without shared state" \
+    --set replicaCount=2
+refuse "autoscaling without shared state" "autoscaling.enabled needs shared state" \
+    --set autoscaling.enabled=true
+refuse "two shared-state sources" "not several" \
+    --set redis.url=redis://r:6379 --set redis.valkey.enabled=true
 refuse "terminationGracePeriodSeconds=10" "terminationGracePeriodSeconds must be at least" \
     --set terminationGracePeriodSeconds=10
 refuse "two provider-key sources" "not both" \

@@ -92,16 +92,19 @@ def cmd_render(rendered: str, outdir: str) -> None:
     by_kind: dict[str, list[dict]] = {}
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
-    deployments = by_kind.get("Deployment", [])
-    services = by_kind.get("Service", [])
-    if not (
-        p.check(len(deployments) == 1, f"{len(deployments)} Deployments, expected 1")
-        and p.check(len(services) == 1, f"{len(services)} Services, expected 1")
-    ):
+    kallm = [d for d in by_kind.get("Deployment", []) if _has_container(d, "kallm")]
+    valkey = [d for d in by_kind.get("Deployment", []) if _has_container(d, "valkey")]
+    if not p.check(len(kallm) == 1, f"{len(kallm)} kallm Deployments, expected 1"):
         p.finish("")
-    dep, svc = deployments[0], services[0]
+    dep = kallm[0]
+    services = [s for s in by_kind.get("Service", []) if _selects(s, dep)]
+    if not p.check(len(services) == 1, f"{len(services)} Services select kallm, expected 1"):
+        p.finish("")
+    svc = services[0]
+    p.check(len(by_kind.get("Deployment", [])) == len(kallm) + len(valkey), "unexpected Deployment")
     _check_deployment(p, dep, by_kind)
     _check_service(p, svc, dep)
+    _check_shared_state(p, dep, by_kind, valkey)
     for sm in custom:
         _check_service_monitor(p, sm, svc)
     (out / "kallm-config.json").write_text(json.dumps(_kallm_config(dep, by_kind)))
@@ -119,11 +122,11 @@ def _check_deployment(p: Problems, dep: dict, by_kind: dict[str, list[dict]]) ->
     spec = dep["spec"]
     pod = spec["template"]["spec"]
     c = _container(dep)
-    p.check(spec.get("replicas") == 1, f"replicas is {spec.get('replicas')}, must be 1")
-    p.check(spec.get("strategy", {}).get("type") == "Recreate", "strategy must be Recreate")
     grace = pod.get("terminationGracePeriodSeconds", 30)
+    wait = _pre_stop_seconds(c)
     p.check(
-        grace >= MIN_GRACE_SECONDS, f"terminationGracePeriodSeconds {grace} < {MIN_GRACE_SECONDS}"
+        grace >= MIN_GRACE_SECONDS + wait,
+        f"terminationGracePeriodSeconds {grace} < {MIN_GRACE_SECONDS} + preStop {wait}",
     )
 
     env = {e["name"]: e for e in c.get("env", [])}
@@ -197,6 +200,104 @@ def _check_deployment(p: Problems, dep: dict, by_kind: dict[str, list[dict]]) ->
                 ref["key"] in secrets[ref["name"]].get("data", {}),
                 f"env {e['name']}: key {ref['key']} not in Secret {ref['name']}",
             )
+
+
+def _has_container(dep: dict, name: str) -> bool:
+    return any(c.get("name") == name for c in dep["spec"]["template"]["spec"]["containers"])
+
+
+def _selects(svc: dict, dep: dict) -> bool:
+    selector = svc["spec"].get("selector", {})
+    return (
+        bool(selector) and selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def _pre_stop_seconds(container: dict) -> int:
+    """The preStop wait (``sleep N``), 0 without one."""
+    command = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+    if command and command[0] == "sleep" and str(command[-1]).isdigit():
+        return int(command[-1])
+    return 0
+
+
+def _check_shared_state(
+    p: Problems, dep: dict, by_kind: dict[str, list[dict]], valkey: list[dict]
+) -> None:
+    """One replica and Recreate without shared state; with it (KALLM_REDIS_URL): rolling
+    updates, a PodDisruptionBudget, a pod-local /data, KALLM_REPLICAS covering every pod,
+    and the in-chart Valkey (if any) reachable where the URL says."""
+    spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
+    c = _container(dep)
+    env = {e["name"]: e for e in c.get("env", [])}
+    hpas = by_kind.get("HorizontalPodAutoscaler", [])
+    pdbs = by_kind.get("PodDisruptionBudget", [])
+    if "KALLM_REDIS_URL" not in env:
+        p.check(spec.get("replicas") == 1, f"replicas is {spec.get('replicas')}, must be 1")
+        p.check(spec.get("strategy", {}).get("type") == "Recreate", "strategy must be Recreate")
+        p.check(not hpas and not pdbs and not valkey, "HPA, PDB or Valkey without shared state")
+        return
+    strategy = spec.get("strategy", {})
+    p.check(strategy.get("type") == "RollingUpdate", "shared state: strategy RollingUpdate")
+    p.check(
+        strategy.get("rollingUpdate", {}).get("maxUnavailable") == 0,
+        "shared state: rolling updates must not take pods away first (maxUnavailable 0)",
+    )
+    p.check(_pre_stop_seconds(c) > 0, "shared state: a preStop wait before SIGTERM")
+    pod_labels = spec["template"]["metadata"]["labels"]
+    p.check(
+        any(pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items() for pdb in pdbs),
+        "shared state: no PodDisruptionBudget selects the kallm pods",
+    )
+    most = spec.get("replicas")
+    for hpa in hpas:
+        target = hpa["spec"]["scaleTargetRef"]
+        p.check(
+            target["kind"] == "Deployment" and target["name"] == dep["metadata"]["name"],
+            "HPA does not scale the kallm Deployment",
+        )
+        p.check("replicas" not in spec, "with an HPA the Deployment must not set replicas")
+        most = hpa["spec"]["maxReplicas"]
+    p.check(most is not None, "neither replicas nor an HPA")
+    replicas = env.get("KALLM_REPLICAS", {}).get("value")
+    p.check(
+        replicas is not None and most is not None and int(replicas) >= int(most),
+        f"KALLM_REPLICAS {replicas} must cover every pod ({most})",
+    )
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    data = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == "/data"), {})
+    p.check(
+        "emptyDir" in volumes.get(data.get("name"), {}),
+        "shared state: /data must be each pod's own emptyDir (no ReadWriteOnce PVC shared)",
+    )
+    p.check(not by_kind.get("PersistentVolumeClaim"), "shared state: no PVC")
+    url = env["KALLM_REDIS_URL"]
+    if "value" in url:
+        names = {s["metadata"]["name"] for s in by_kind.get("Service", [])}
+        host = url["value"].split("://", 1)[1].split(":", 1)[0]
+        p.check(host in names, f"KALLM_REDIS_URL host {host} is no rendered Service")
+        p.check(len(valkey) == 1, "a literal KALLM_REDIS_URL without the in-chart Valkey")
+    for vk in valkey:
+        vc = next(x for x in vk["spec"]["template"]["spec"]["containers"] if x["name"] == "valkey")
+        vsc, vpod = vc.get("securityContext", {}), vk["spec"]["template"]["spec"]
+        p.check(vpod.get("securityContext", {}).get("runAsNonRoot") is True, "Valkey: non-root")
+        p.check(vsc.get("readOnlyRootFilesystem") is True, "Valkey: read-only root")
+        p.check("volatile-lru" in vc.get("args", []), "Valkey must evict only what has a TTL")
+        p.check(any(_selects(s, vk) for s in by_kind.get("Service", [])), "no Service for Valkey")
+        p.check(not _selects_any(vk, by_kind), "a kallm selector picks the Valkey pod")
+
+
+def _selects_any(vk: dict, by_kind: dict[str, list[dict]]) -> bool:
+    """Whether a kallm Service or PodDisruptionBudget would also select the Valkey pod."""
+    labels = vk["spec"]["template"]["metadata"]["labels"]
+    for pdb in by_kind.get("PodDisruptionBudget", []):
+        if pdb["spec"]["selector"]["matchLabels"].items() <= labels.items():
+            return True
+    return any(
+        s["spec"].get("selector", {}).items() <= labels.items()
+        and "redis" not in {port.get("name") for port in s["spec"]["ports"]}
+        for s in by_kind.get("Service", [])
+    )
 
 
 def _check_service(p: Problems, svc: dict, dep: dict) -> None:

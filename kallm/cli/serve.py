@@ -48,6 +48,11 @@ def serve(
         help="Also load virtual keys from this directory of mounted Secrets (env KALLM_KEYS_DIR).",
     ),
     auth: str | None = typer.Option(None, help="off or virtual-keys (env KALLM_AUTH)."),
+    redis_url: str | None = typer.Option(
+        None,
+        help="Share cache, budgets, rate limits and keys with other replicas through this "
+        "Redis or Valkey, e.g. redis://redis:6379/0 (env KALLM_REDIS_URL).",
+    ),
     log_json: bool | None = typer.Option(
         None,
         "--log-json/--log-text",
@@ -69,6 +74,7 @@ def serve(
         db_path=db,
         keys_dir=keys_dir,
         auth=auth,
+        redis_url=redis_url,
     )
     from kallm.errors import KallmError
     from kallm.server.log import configure_logging

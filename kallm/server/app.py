@@ -51,7 +51,7 @@ from kallm.server.health import Health
 from kallm.server.loop import new_instance_id
 from kallm.server.middleware import request_context, stamp_response
 from kallm.server.runtime import RUNTIME, Runtime
-from kallm.state import Backends, in_process
+from kallm.state import Backends, choose
 
 log = logging.getLogger("kallm.server")
 
@@ -75,21 +75,23 @@ def create_app(
         client_max_size=settings.max_body_bytes, middlewares=[request_context, admit]
     )
     spend = SpendWriter(settings.db_path) if settings.db_path else None
-    chosen = in_process(settings, spend.write if spend else None)
+    instance_id = new_instance_id()
+    health = Health()
+    chosen = choose(settings, spend.write if spend else None, health, instance_id)
     backends = Backends(
         cache=cache or chosen.cache,
         ledger=ledger or chosen.ledger,
         limits=limits or chosen.limits,
         keys=keys or chosen.keys,
+        shared=chosen.shared,
     )
-    instance_id = new_instance_id()
     runtime = Runtime(
         settings=settings,
         backends=backends,
         router=Router(settings, via=instance_id),
         prices=PriceTable(overrides=dict(settings.prices)),
         instance_id=instance_id,
-        health=Health(),
+        health=health,
     )
     runtime.metrics = Metrics(runtime)
     runtime.catalogue = catalogue.Catalogue(runtime.router)
@@ -97,7 +99,7 @@ def create_app(
     if spend is not None:
         app[_SPEND] = spend
     app[_PARTS] = {"embedder": embedder, "guard": guard or hit_guard}
-    app.cleanup_ctx.extend([_database, _keys, _providers, _semantic_cache])
+    app.cleanup_ctx.extend([_database, _shared_state, _keys, _providers, _semantic_cache])
     app.on_response_prepare.append(stamp_response)
     _add_routes(app)
     return app
@@ -139,6 +141,17 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(spend.close)
         assert runtime.request_log is not None
         await asyncio.to_thread(runtime.request_log.close)
+
+
+async def _shared_state(app: web.Application) -> AsyncIterator[None]:
+    """Shared state's connection and background tasks (Redis), before the parts use it.
+    An unreachable Redis does not stop start-up: the parts start degraded and recover."""
+    shared = app[RUNTIME].backends.shared
+    if shared is not None:
+        await shared.start()
+    yield
+    if shared is not None:
+        await shared.close()
 
 
 async def _keys(app: web.Application) -> AsyncIterator[None]:

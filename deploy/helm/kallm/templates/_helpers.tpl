@@ -66,9 +66,48 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* The PVC mounted at /data, or "" when persistence is off. */}}
+{{/* "true" when state is shared through Redis (a URL, a Secret or the in-chart Valkey). */}}
+{{- define "kallm.shared" -}}
+{{- if or .Values.redis.url .Values.redis.existingSecret .Values.redis.valkey.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The in-chart Valkey's name. */}}
+{{- define "kallm.valkeyName" -}}
+{{- printf "%s-valkey" (include "kallm.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Secret holding KALLM_REDIS_URL, or "" (no URL, or the in-chart Valkey's). */}}
+{{- define "kallm.redisSecret" -}}
+{{- if .Values.redis.existingSecret }}
+{{- .Values.redis.existingSecret }}
+{{- else if .Values.redis.url }}
+{{- printf "%s-redis" (include "kallm.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* The labels that select the in-chart Valkey's pod (never kallm's). */}}
+{{- define "kallm.valkeySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "kallm.name" . }}-valkey
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: shared-state
+{{- end }}
+
+{{/* Labels on the in-chart Valkey's resources (not kallm's: no Service selector or
+ServiceMonitor meant for kallm may pick them). */}}
+{{- define "kallm.valkeyLabels" -}}
+helm.sh/chart: {{ include "kallm.chart" . }}
+{{ include "kallm.valkeySelectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* What each pod divides rate limits by while Redis is away (the most pods there are). */}}
+{{- define "kallm.replicaBound" -}}
+{{- if .Values.autoscaling.enabled }}{{ .Values.autoscaling.maxReplicas }}{{ else }}{{ .Values.replicaCount }}{{ end }}
+{{- end }}
+
+{{/* The PVC mounted at /data, or "" when persistence is off or state is shared. */}}
 {{- define "kallm.claimName" -}}
-{{- if .Values.persistence.enabled }}
+{{- if and .Values.persistence.enabled (not (include "kallm.shared" .)) }}
 {{- .Values.persistence.existingClaim | default (printf "%s-data" (include "kallm.fullname" .) | trunc 63 | trimSuffix "-") }}
 {{- end }}
 {{- end }}
@@ -77,11 +116,24 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 Refuse values the chart cannot run correctly with (called from the Deployment).
 */}}
 {{- define "kallm.validate" -}}
-{{- if ne (int .Values.replicaCount) 1 }}
-{{- fail (printf "replicaCount must be 1 (got %v): kallm keeps its cache, and soon its spend and rate-limit counters, in the process, so replicas would not share them; see values.yaml" .Values.replicaCount) }}
+{{- $shared := include "kallm.shared" . }}
+{{- if and (ne (int .Values.replicaCount) 1) (not $shared) }}
+{{- fail (printf "replicaCount must be 1 without shared state (got %v): each replica would keep its own cache, budgets and rate limits; set redis.url, redis.existingSecret or redis.valkey.enabled to run several" .Values.replicaCount) }}
 {{- end }}
-{{- if lt (int .Values.terminationGracePeriodSeconds) 35 }}
-{{- fail (printf "terminationGracePeriodSeconds must be at least 35 (got %v): kallm drains requests for up to 30 s, then writes its cache snapshot" .Values.terminationGracePeriodSeconds) }}
+{{- if lt (int .Values.replicaCount) 1 }}
+{{- fail (printf "replicaCount must be at least 1 (got %v)" .Values.replicaCount) }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (not $shared) }}
+{{- fail "autoscaling.enabled needs shared state: set redis.url, redis.existingSecret or redis.valkey.enabled" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
+{{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" }}
+{{- end }}
+{{- if gt (add (.Values.redis.url | empty | not | ternary 1 0) (.Values.redis.existingSecret | empty | not | ternary 1 0) (.Values.redis.valkey.enabled | ternary 1 0)) 1 }}
+{{- fail "set one of redis.url, redis.existingSecret and redis.valkey.enabled, not several" }}
+{{- end }}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (add 35 (int .Values.preStopSeconds)) }}
+{{- fail (printf "terminationGracePeriodSeconds must be at least 35 + preStopSeconds = %d (got %v): the pod waits preStopSeconds, kallm drains requests for up to 30 s, then writes its cache snapshot" (add 35 (int .Values.preStopSeconds)) .Values.terminationGracePeriodSeconds) }}
 {{- end }}
 {{- if and .Values.providerKeys.existingSecret .Values.providerKeys.values }}
 {{- fail "set providerKeys.existingSecret or providerKeys.values, not both" }}
