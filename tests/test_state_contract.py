@@ -287,6 +287,11 @@ async def test_rpm_admits_the_limit_then_refuses(parts: Parts) -> None:
     assert refused.headers()["Retry-After"]
 
 
+async def test_rpm_zero_admits_nothing(parts: Parts) -> None:
+    state = await parts.limits.admit(key(rpm=0), 0, "r0", time.time())
+    assert state.retry_after is not None and state.reason == "requests per minute"
+
+
 async def test_tpm_charged_at_admission_and_corrected_at_settlement(parts: Parts) -> None:
     k, limits = key(tpm=100), parts.limits
     first = await limits.admit(k, 60, "r1", time.time())

@@ -79,7 +79,8 @@ class MemoryRateLimits:
             None if key.tpm is None else key.tpm - used,
         )
         if key.rpm is not None and len(requests) >= key.rpm:
-            return _refused(state, requests[0] + WINDOW - now, "requests per minute")
+            oldest = requests[0] if requests else now  # rpm 0: nothing is ever admitted
+            return _refused(state, oldest + WINDOW - now, "requests per minute")
         if key.tpm is not None and charged and used + tokens > key.tpm:
             oldest = next(iter(charged.values()))[0]
             return _refused(state, oldest + WINDOW - now, "tokens per minute")

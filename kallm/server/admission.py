@@ -13,6 +13,7 @@ context middleware settles it when the response is done, whatever happened.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -227,9 +228,10 @@ async def _reserve(runtime: Runtime, request: web.Request, admitted: Admission) 
     key = admitted.key
     assert key is not None
     now = time.time()
-    record = request_log(request)
+    # the hold's own id: a client may send the same X-Request-Id twice at once
+    hold = f"{request_log(request).request_id}.{secrets.token_hex(6)}"
     tokens = admitted.estimate.tokens if admitted.estimate and key.tpm is not None else 0
-    state = await runtime.backends.limits.admit(key, tokens, record.request_id, now)
+    state = await runtime.backends.limits.admit(key, tokens, hold, now)
     admitted.rate_headers = state.headers()
     if state.retry_after is not None:
         raise RateLimited(
@@ -238,9 +240,7 @@ async def _reserve(runtime: Runtime, request: web.Request, admitted: Admission) 
         )
     admitted.tokens_reserved = tokens
     amount = admitted.estimate.usd if admitted.estimate else admitted.charge_usd
-    admitted.reservation = await runtime.backends.ledger.reserve(
-        key, amount, record.request_id, now
-    )
+    admitted.reservation = await runtime.backends.ledger.reserve(key, amount, hold, now)
 
 
 def require_payload(admitted: Admission) -> dict[str, Any]:
