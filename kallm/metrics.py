@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -104,6 +104,7 @@ class Metrics:
             }
         )
         self._figures = CacheFigures(0, 0, 0)
+        self._children: dict[tuple[str, ...], Any] = {}  # bounded as the label values are
         r.register(CacheCollector(runtime, lambda: self._figures))
 
     def model_label(self, record: RequestLog) -> str:
@@ -119,7 +120,11 @@ class Metrics:
         model = self.model_label(record)
         provider = record.provider or ""
         cache = record.cache or "none"
-        self.requests.labels(record.path_group, model, provider, cache, str(record.status)).inc()
+        labels = (record.path_group, model, provider, cache, str(record.status))
+        counter = self._children.get(labels)
+        if counter is None:  # labels() validates and locks: a few us a call, once per label set
+            counter = self._children[labels] = self.requests.labels(*labels)
+        counter.inc()
         self.latency.labels(cache).observe(time.perf_counter() - record.started)
         if record.lookup_seconds is not None:
             self.lookup.observe(record.lookup_seconds)

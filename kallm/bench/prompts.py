@@ -17,6 +17,8 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
+from kallm.cache.answers import stored_answer
+
 MODEL = "gpt-4o-mini"
 SYSTEM_PROMPT = "You are a helpful assistant. Answer concisely."
 
@@ -789,11 +791,11 @@ def encoded_request(text: str, model: str = MODEL) -> bytes:
 
 
 def completion_body(text: str, index: int, model: str = MODEL) -> bytes:
-    """A chat.completion like the simulated upstream's, for entries put straight into a cache."""
+    """A chat.completion like the simulated upstream's, stored as the cache keeps answers."""
     content = f"Answer to: {text}"
     prompt_tokens = len(SYSTEM_PROMPT.split()) + len(text.split())
     completion_tokens = len(content.split())
-    return json.dumps(
+    return stored_answer(
         {
             "id": f"chatcmpl-prefill{index:012d}",
             "object": "chat.completion",
@@ -813,6 +815,5 @@ def completion_body(text: str, index: int, model: str = MODEL) -> bytes:
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             },
-        },
-        separators=(",", ":"),
-    ).encode()
+        }
+    )

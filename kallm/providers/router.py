@@ -28,6 +28,7 @@ log = logging.getLogger("kallm.providers")
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 MAX_RETRY_AFTER = 20.0  # seconds: longer waits fail over instead of holding the caller
+RESOLVED_NAMES = 4096  # model names whose routes are remembered (pattern matching is not free)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ class Router:
         ]
         self._by_name = {p.name: p for p in self.providers}
         self.aliases = {a.name: a.route for a in settings.aliases}
+        self._resolved: dict[str, list[Route]] = {}
         self.backoff = backoff
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
@@ -102,6 +104,16 @@ class Router:
         return next((p for p in self.providers if p.kind == "openai"), self.providers[0])
 
     def resolve(self, model: str) -> list[Route]:
+        """The routes a model name goes to (a copy: callers may not change the cache)."""
+        routes = self._resolved.get(model)
+        if routes is None:
+            routes = self._resolve(model)
+            if len(self._resolved) >= RESOLVED_NAMES:  # bounded: clients invent names
+                self._resolved.clear()
+            self._resolved[model] = routes
+        return list(routes)
+
+    def _resolve(self, model: str) -> list[Route]:
         if model in self.aliases:
             return [self._explicit(step) for step in self.aliases[model]]
         if "/" in model and model.split("/", 1)[0] in self._by_name:

@@ -24,6 +24,7 @@ from aiohttp.typedefs import Handler
 from kallm.accounts.budget import Reservation
 from kallm.accounts.estimate import Estimate, estimate
 from kallm.accounts.keys import KeyRecord
+from kallm.accounts.pricing import PriceTable
 from kallm.cache.scope import SERVER_TENANT
 from kallm.errors import (
     AuthenticationError,
@@ -65,6 +66,13 @@ class Admission:
     tokens_reserved: int = 0
     rate_headers: dict[str, str] = field(default_factory=dict)
     charge_usd: float = 0.0  # the flat price of an opened organisation route
+
+    def bounds(self, prices: PriceTable) -> Estimate:
+        """The worst case of this request over its routes: what a budget holds, and the
+        ceiling no bill may pass. (Computed only when needed: hits never need it.)"""
+        assert self.payload is not None
+        models = [route.model for route in self.routes]
+        return estimate(prices, models, self.payload, len(self.body))
 
     @property
     def model(self) -> str:
@@ -169,17 +177,15 @@ async def _admit_model(runtime: Runtime, request: web.Request, admitted: Admissi
     record = request_log(request)
     record.model = model
     admitted.routes = runtime.router.resolve(model)  # an unknown model: 404
-    models = [route.model for route in admitted.routes]
-    if admitted.path.route is not COUNT_TOKENS:  # counting tokens is free: nothing to hold
-        admitted.estimate = estimate(runtime.prices, models, payload, len(body))
     key = admitted.key
     if key is None:
         admitted.credential = _credential(request, admitted)
         return
     if not allowed(runtime.router, key, model, admitted.routes):
         raise ModelNotAllowed(f"This key may not use the model '{model}'.", param="model")
-    if admitted.path.route is COUNT_TOKENS:
+    if admitted.path.route is COUNT_TOKENS:  # counting tokens is free: nothing to hold
         return
+    admitted.estimate = admitted.bounds(runtime.prices)
     if key.budget_usd is not None:
         for route in admitted.routes:
             if runtime.prices.price_of(route.model) is None:
@@ -257,7 +263,8 @@ async def settle_once(runtime: Runtime, record: RequestLog) -> None:
     if admitted is None or record.settled:
         return
     record.settled = True
-    if admitted.estimate is not None and record.usage is not None and record.cache != "HIT":
+    if record.usage is not None and record.cache != "HIT" and admitted.payload is not None:
+        admitted.estimate = admitted.estimate or admitted.bounds(runtime.prices)
         record.usage = admitted.estimate.plausible(record.usage)  # never a count of 10^400
     tokens = record.usage.total_tokens if record.usage and record.cache != "HIT" else 0
     status = record.status or 200

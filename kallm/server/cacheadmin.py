@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from kallm.accounts.pricing import Usage
+from kallm.cache.answers import stored_answer
 from kallm.cache.scope import SERVER_TENANT, cache_key
 from kallm.errors import KallmError, RequestError
 from kallm.server.request import json_object, parse_chat_request
@@ -114,7 +115,7 @@ async def _import_one(runtime: Runtime, entry: Any, tenant: tuple[str, ...]) -> 
         return {"status": "cached", "similarity": round(lookup.hit.similarity, 4)}
     usage = Usage.from_openai(completion["usage"])
     cost = runtime.prices.cost(completion["model"], usage)
-    body = json.dumps(completion, separators=(",", ":"), ensure_ascii=False).encode()
+    body = stored_answer(completion)
     await cache.store(lookup, body, cost_usd=cost, tokens=usage.total_tokens)
     return {"status": "imported"}
 

@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from kallm.accounts.pricing import Usage, plausible_counts
+from kallm.cache.answers import served_answer, stored_answer, stored_usage
 from kallm.cache.semantic import Hit, Lookup
 from kallm.errors import KallmError, RequestError, UpstreamError, UpstreamTimeout
 from kallm.providers.base import ChatCall, Provider, StreamRelay, forwardable
@@ -87,21 +88,26 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def _serve_hit(
     request: web.Request, runtime: Runtime, payload: dict[str, Any], hit: Hit
 ) -> web.StreamResponse:
-    completion = json.loads(hit.entry.response)
-    await breathe(hit.entry.response)
-    completion["id"] = "chatcmpl-kallm" + secrets.token_hex(12)
-    completion["created"] = int(time.time())
+    stored = hit.entry.response
+    answer_id, created = "chatcmpl-kallm" + secrets.token_hex(12), int(time.time())
     record = request_log(request)
     record.cache, record.similarity = "HIT", hit.similarity
-    record.usage = Usage.from_openai(completion.get("usage"))
+    record.usage = Usage.from_openai(stored_usage(stored))
     record.saved_usd = hit.entry.cost_usd
-    if runtime.settings.log_bodies:
-        record.response_body = compact(completion)
     headers = {CACHE_HEADER: "HIT", SIMILARITY_HEADER: f"{hit.similarity:.4f}"}
     if payload.get("stream") is not True:
+        body = served_answer(stored, answer_id, created)
+        if runtime.settings.log_bodies:
+            record.response_body = body.decode(errors="replace")
         # sent here, not by aiohttp after the handler: the bookkeeping that follows
         # (metrics, the log row) is then off the client's clock
-        return await sent(request, web.json_response(completion, headers=headers, dumps=compact))
+        response = web.Response(body=body, headers=headers, content_type="application/json")
+        return await sent(request, response)
+    completion = json.loads(stored)
+    await breathe(stored)
+    completion.update(id=answer_id, created=created)
+    if runtime.settings.log_bodies:
+        record.response_body = compact(completion)
     response = event_stream(headers)
     await response.prepare(request)
     for event in replay_events(completion, _wants_usage(payload)):
@@ -389,11 +395,9 @@ async def _remember(
     completion: dict[str, Any],
     body: bytes | None = None,
 ) -> None:
-    """Store the answer if it is complete and wanted."""
-    if body is None:
-        body = compact(completion).encode()
+    """Store the answer if it is complete and wanted (in the layout hits are served from)."""
     if runtime.settings.log_bodies:
-        record.response_body = body.decode(errors="replace")
+        record.response_body = (body or compact(completion).encode()).decode(errors="replace")
     choices = completion.get("choices")
     if (
         store is None
@@ -403,7 +407,7 @@ async def _remember(
         return
     usage = record.usage or Usage()
     await runtime.semantic_cache.store(
-        store, body, cost_usd=record.cost_usd, tokens=usage.total_tokens
+        store, stored_answer(completion), cost_usd=record.cost_usd, tokens=usage.total_tokens
     )
 
 

@@ -57,4 +57,7 @@ RUNTIME = web.AppKey("kallm.runtime", Runtime)
 
 def runtime_of(request: web.Request) -> Runtime:
     """The server's runtime, from any app or sub-app (``/admin``) a request was routed to."""
+    app = request.app
+    if RUNTIME in app:  # the main app: no chained lookup (config_dict builds one per call)
+        return app[RUNTIME]
     return request.config_dict[RUNTIME]
