@@ -40,7 +40,8 @@ def stored_usage(stored: bytes) -> Any:
     if at == -1:
         return None
     try:
-        usage, _ = json.JSONDecoder().raw_decode(stored[at + len(_USAGE) :].decode())
+        tail = stored[at + len(_USAGE) :].decode().lstrip()
+        usage, _ = json.JSONDecoder().raw_decode(tail)
     except (ValueError, UnicodeDecodeError):
         return None
     return usage
