@@ -47,10 +47,14 @@ class Estimate:
 
 
 def estimate(
-    prices: PriceTable, models: Iterable[str], payload: Mapping[str, Any], body_size: int
+    prices: PriceTable,
+    models: Iterable[str],
+    payload: Mapping[str, Any],
+    body_size: int,
+    has_images: bool = True,
 ) -> Estimate:
     """The worst case of sending ``payload`` (``body_size`` bytes) to any of ``models``."""
-    images = count_images(payload)
+    images = count_images(payload) if has_images else 0
     answers = answers_per_call(payload)
     tokens, usd, ceiling_prompt, ceiling_output, ceiling_usd = 0, 0.0, 0, 0, 0.0
     for model in models:

@@ -72,7 +72,8 @@ class Admission:
         ceiling no bill may pass. (Computed only when needed: hits never need it.)"""
         assert self.payload is not None
         models = [route.model for route in self.routes]
-        return estimate(prices, models, self.payload, len(self.body))
+        images = b"image" in self.body  # no image part without the word: skip the walk
+        return estimate(prices, models, self.payload, len(self.body), images)
 
     @property
     def model(self) -> str:

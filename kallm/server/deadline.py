@@ -8,8 +8,7 @@ a client may ask for less with ``X-Kallm-Deadline: 30s``, never for more.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -36,13 +35,22 @@ def deadline_of(request: web.Request, limit: float) -> float:
     return asyncio.get_running_loop().time() + seconds
 
 
-@contextlib.asynccontextmanager
-async def within(deadline: float) -> AsyncIterator[None]:
-    """Upstream work bounded by the deadline, ending as the 504 an SDK shows."""
-    try:
-        async with asyncio.timeout_at(deadline):
-            yield
-    except TimeoutError:
-        raise UpstreamTimeout(
-            "the upstream did not answer before the request's deadline (upstream.deadline)"
-        ) from None
+class within:
+    """Upstream work bounded by the deadline, ending as the 504 an SDK shows. (A class, not
+    an async generator: it runs on every upstream call.)"""
+
+    __slots__ = ("_timeout",)
+
+    def __init__(self, deadline: float):
+        self._timeout = asyncio.timeout_at(deadline)
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+
+    async def __aexit__(self, kind: Any, error: Any, trace: Any) -> None:
+        try:
+            await self._timeout.__aexit__(kind, error, trace)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                "the upstream did not answer before the request's deadline (upstream.deadline)"
+            ) from None
