@@ -39,6 +39,12 @@ def _of_key(key_id: str | None) -> tuple[str, tuple[Any, ...]]:
     return (" AND r.key_id = ?", (key_id,)) if key_id is not None else ("", ())
 
 
+def no_requests() -> dict[str, Any]:
+    """The totals of a period without requests (or a server without a request log)."""
+    measures = ("requests", "hits", "misses", "errors", "prompt_tokens", "completion_tokens")
+    return {**dict.fromkeys(measures, 0), "spend_usd": 0.0, "saved_usd": 0.0, "hit_rate": 0.0}
+
+
 def totals(conn: sqlite3.Connection, since: float, key_id: str | None = None) -> dict[str, Any]:
     """Requests, hits, misses, hit rate, errors, tokens, spend and savings since ``since``."""
     only, params = _of_key(key_id)

@@ -41,7 +41,7 @@ async def admin_usage(request: web.Request) -> web.Response:
             "generated_at": time.time(),
             "since": since,
             "period_seconds": time.time() - since,
-            "totals": report.get("totals", usage_empty()),
+            "totals": report.get("totals", usage.no_requests()),
             "by_key": report.get("by_key", []),
             "by_model": report.get("by_model", []),
             "recent": report.get("recent", []),
@@ -99,20 +99,6 @@ async def _read(runtime: Runtime, query: Any, empty: Any) -> Any:
             conn.close()
 
     return await asyncio.to_thread(run)
-
-
-def usage_empty() -> dict[str, Any]:
-    return {
-        "requests": 0,
-        "hits": 0,
-        "misses": 0,
-        "errors": 0,
-        "prompt_tokens": 0,
-        "completion_tokens": 0,
-        "spend_usd": 0.0,
-        "saved_usd": 0.0,
-        "hit_rate": 0.0,
-    }
 
 
 def _seconds(raw: str | None) -> float:
