@@ -280,7 +280,7 @@ async def _stream(
                 if reader.complete:  # the final event: billed before the client sees it
                     await _settle_now(runtime, record, call.route, reader, admitted)
                 await relay.write_all(outs)
-                if relay.gone_for() > DRAIN_SECONDS or (relay.gone and reader.finished):
+                if relay.gone_for() > DRAIN_SECONDS or (relay.gone and reader.complete):
                     break
             outs = reader.close()
             if reader.complete:
@@ -381,10 +381,6 @@ class _StreamReader:
             self.chat.feed(chunk)
             out += self.translator.feed(chunk)
         return out
-
-    @property
-    def finished(self) -> bool:
-        return self.complete
 
     @property
     def complete(self) -> bool:
