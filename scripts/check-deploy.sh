@@ -11,7 +11,8 @@
 #        - the ServiceMonitor (a CRD, not in kubernetes-validate's schemas) is checked
 #          against the Service it selects by deploy/checks/manifests.py instead;
 #        - the chart's promises (one replica and Recreate without shared state; with Redis:
-#          RollingUpdate, a PodDisruptionBudget, preStop, pod-local /data, KALLM_REPLICAS;
+#          RollingUpdate, a PodDisruptionBudget below the pod count (none for one pod),
+#          preStop, pod-local /data, KALLM_REPLICAS;
 #          grace >= 35 s + preStop, non-root, read-only root with writable /data and /tmp,
 #          /health probes, KALLM_* env);
 #        - what the values ask for is rendered, and nothing they do not: the image and its
@@ -27,7 +28,7 @@
 #      and across all value sets every kind the chart can make was rendered at least once;
 #   3. values the chart must refuse (replicaCount 2 or autoscaling without shared state, two
 #      shared-state sources, a grace period under the drain time, two provider-key
-#      sources, both admin-key forms, the admin key twice, extraEnv/extraVolumes/
+#      sources, a PodDisruptionBudget as large as the pod count, both admin-key forms, the admin key twice, extraEnv/extraVolumes/
 #      extraVolumeMounts taking the chart's own names, an Ingress without hosts or with a
 #      TLS host it does not serve, a bad path or pathType) make helm template fail with a
 #      message naming the problem;
@@ -211,6 +212,8 @@ refuse "two provider-key sources" "not both" \
     --set providerKeys.existingSecret=a --set providerKeys.values.OPENAI_API_KEY=b
 refuse "a provider key that is no variable name" "not an environment variable name" \
     --set providerKeys.values.openai-key=b
+refuse "a PodDisruptionBudget that blocks every drain" "must be below the number of pods" \
+    --set redis.valkey.enabled=true --set replicaCount=2 --set podDisruptionBudget.minAvailable=2
 refuse "both admin-key forms" "set adminKey.value or adminKey.existingSecret, not both" \
     --set adminKey.value=a --set adminKey.existingSecret=b
 refuse "the admin key twice" "the admin key is set twice" \

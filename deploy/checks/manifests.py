@@ -285,8 +285,9 @@ def _check_shared_state(
     p: Problems, dep: dict, by_kind: dict[str, list[dict]], valkey: list[dict]
 ) -> None:
     """One replica and Recreate without shared state; with it (KALLM_REDIS_URL): rolling
-    updates, a PodDisruptionBudget, a pod-local /data, KALLM_REPLICAS covering every pod,
-    and the in-chart Valkey (if any) reachable where the URL says."""
+    updates, a PodDisruptionBudget below the pod count (none for one pod), a pod-local
+    /data, KALLM_REPLICAS covering every pod, and the in-chart Valkey (if any) reachable
+    where the URL says."""
     spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
     c = _container(dep)
     env = {e["name"]: e for e in c.get("env", [])}
@@ -305,10 +306,18 @@ def _check_shared_state(
     )
     p.check(_pre_stop_seconds(c) > 0, "shared state: a preStop wait before SIGTERM")
     pod_labels = spec["template"]["metadata"]["labels"]
-    p.check(
-        any(pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items() for pdb in pdbs),
-        "shared state: no PodDisruptionBudget selects the kallm pods",
-    )
+    fewest = hpas[0]["spec"]["minReplicas"] if hpas else spec.get("replicas", 1)
+    ours = [b for b in pdbs if b["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()]
+    if fewest > 1:
+        p.check(ours, "shared state: no PodDisruptionBudget selects the kallm pods")
+    else:
+        p.check(not ours, "a PodDisruptionBudget for a single pod would block every node drain")
+    for pdb in ours:
+        least = pdb["spec"].get("minAvailable")
+        p.check(
+            isinstance(least, str) or least < fewest,
+            f"PodDisruptionBudget minAvailable {least} >= {fewest} pods: no node could be drained",
+        )
     most = spec.get("replicas")
     for hpa in hpas:
         target = hpa["spec"]["scaleTargetRef"]

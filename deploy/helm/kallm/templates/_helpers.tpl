@@ -164,6 +164,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.autoscaling.enabled }}{{ .Values.autoscaling.maxReplicas }}{{ else }}{{ .Values.replicaCount }}{{ end }}
 {{- end }}
 
+{{/* The fewest kallm pods there are (the PodDisruptionBudget must stay below it). */}}
+{{- define "kallm.fewestPods" -}}
+{{- if .Values.autoscaling.enabled }}{{ .Values.autoscaling.minReplicas }}{{ else }}{{ .Values.replicaCount }}{{ end }}
+{{- end }}
+
 {{/* The PVC mounted at /data, or "" when persistence is off or state is shared. */}}
 {{- define "kallm.claimName" -}}
 {{- if and .Values.persistence.enabled (not (include "kallm.shared" .)) }}
@@ -190,6 +195,10 @@ Refuse values the chart cannot run correctly with (called from the Deployment).
 {{- end }}
 {{- if gt (add (.Values.redis.url | empty | not | ternary 1 0) (.Values.redis.existingSecret | empty | not | ternary 1 0) (.Values.redis.valkey.enabled | ternary 1 0)) 1 }}
 {{- fail "set one of redis.url, redis.existingSecret and redis.valkey.enabled, not several" }}
+{{- end }}
+{{- $minAvailable := .Values.podDisruptionBudget.minAvailable }}
+{{- if and $shared (gt (int (include "kallm.fewestPods" .)) 1) (not (kindIs "string" $minAvailable)) (ge (int $minAvailable) (int (include "kallm.fewestPods" .))) }}
+{{- fail (printf "podDisruptionBudget.minAvailable (%v) must be below the number of pods (%s): otherwise no node running kallm could be drained" $minAvailable (include "kallm.fewestPods" .)) }}
 {{- end }}
 {{- if lt (int .Values.terminationGracePeriodSeconds) (add 35 (int .Values.preStopSeconds)) }}
 {{- fail (printf "terminationGracePeriodSeconds must be at least 35 + preStopSeconds = %d (got %v): the pod waits preStopSeconds, kallm drains requests for up to 30 s, then writes its cache snapshot" (add 35 (int .Values.preStopSeconds)) .Values.terminationGracePeriodSeconds) }}
