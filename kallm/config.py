@@ -271,6 +271,17 @@ def parse_secret(value: Any) -> str | None:
     return text or None
 
 
+MIN_ADMIN_KEY = 16
+
+
+def parse_admin_key(value: Any) -> str | None:
+    """The admin key opens every virtual key's policy: not a word someone can guess."""
+    text = parse_secret(value)
+    if text is not None and len(text) < MIN_ADMIN_KEY:
+        raise ValueError(f"at least {MIN_ADMIN_KEY} characters (e.g. `openssl rand -hex 16`)")
+    return text
+
+
 # ---------------------------------------------------------------- the table of settings
 
 
@@ -350,7 +361,7 @@ SPECS: tuple[SettingSpec, ...] = (
         parse_choice("debug", "info", "warning", "error"),
     ),
     SettingSpec("auth", "auth.mode", ("KALLM_AUTH",), parse_choice("off", "virtual-keys")),
-    SettingSpec("admin_key", "auth.admin_key", ("KALLM_ADMIN_KEY",), parse_secret, secret=True),
+    SettingSpec("admin_key", "auth.admin_key", ("KALLM_ADMIN_KEY",), parse_admin_key, secret=True),
     SettingSpec("keys_dir", "auth.keys_dir", ("KALLM_KEYS_DIR",), parse_optional_path),
     SettingSpec("open_routes", "auth.open_routes", ("KALLM_OPEN_ROUTES",), parse_open_routes),
     SettingSpec(

@@ -22,7 +22,9 @@ MODEL = "gpt-4o-mini"
 
 @pytest.fixture
 def keyed(make_proxy: Any, tmp_path: Path) -> Proxy:
-    return make_proxy(auth="virtual-keys", db_path=tmp_path / "kallm.db", admin_key="adm")
+    return make_proxy(
+        auth="virtual-keys", db_path=tmp_path / "kallm.db", admin_key="adm-key-for-tests-0001"
+    )
 
 
 def new_key(proxy: Proxy, name: str = "team", **policy: Any) -> str:

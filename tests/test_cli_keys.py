@@ -52,7 +52,7 @@ def kallm(db: Path) -> Callable[..., Result]:
 
 @pytest.fixture
 def server(make_proxy: Callable[..., Proxy], db: Path) -> Proxy:
-    return make_proxy(admin_key="adm", auth="virtual-keys", db_path=db)
+    return make_proxy(admin_key="adm-key-for-tests-0001", auth="virtual-keys", db_path=db)
 
 
 def chat_status(proxy: Proxy, secret: str, model: str = "gpt-4o-mini") -> int:
@@ -158,7 +158,7 @@ def test_local_keys_on_the_servers_database(kallm: Callable[..., Result], server
 def test_remote_keys_through_the_admin_api(
     kallm: Callable[..., Result], server: Proxy, tmp_path: Path
 ) -> None:
-    remote = ("--url", server.root, "--admin-key", "adm")
+    remote = ("--url", server.root, "--admin-key", "adm-key-for-tests-0001")
     result = kallm(
         "keys",
         "create",
@@ -324,17 +324,24 @@ def test_store_and_server_errors_are_one_line(kallm: Callable[..., Result], serv
         (("keys", "create", "--name", "dup"), 1, "already exists"),
         (("keys", "show", "nope"), 1, "no key 'nope'"),
         (
-            ("keys", "show", "nope", "--url", server.root, "--admin-key", "adm"),
+            ("keys", "show", "nope", "--url", server.root, "--admin-key", "adm-key-for-tests-0001"),
             1,
             "no key 'nope' (HTTP 404)",
         ),
         (
-            ("keys", "list", "--url", server.root, "--admin-key", "wrong"),
+            ("keys", "list", "--url", server.root, "--admin-key", "wrong-admin-key-0000"),
             1,
             "Invalid admin key. (HTTP 401)",
         ),
         (
-            ("keys", "list", "--url", "http://127.0.0.1:9", "--admin-key", "adm"),
+            (
+                "keys",
+                "list",
+                "--url",
+                "http://127.0.0.1:9",
+                "--admin-key",
+                "adm-key-for-tests-0001",
+            ),
             1,
             "cannot reach kallm at http://127.0.0.1:9",
         ),

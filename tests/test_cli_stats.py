@@ -46,9 +46,9 @@ def ask(http: Http, secret: str, model: str, text: str) -> int:
 def served(make_proxy: Callable[..., Proxy], db: Path) -> Proxy:
     """A server that logged: alice 2 misses + 1 hit (gpt-4o-mini, gpt-4o), bob 1 miss and
     one refused model, plus ops calls (/health, /stats) that reports must not count."""
-    proxy = make_proxy(admin_key="adm", auth="virtual-keys", db_path=db)
+    proxy = make_proxy(admin_key="adm-key-for-tests-0001", auth="virtual-keys", db_path=db)
     http = Http(proxy.root)
-    admin = {"Authorization": "Bearer adm"}
+    admin = {"Authorization": "Bearer adm-key-for-tests-0001"}
     alice = http.post("/admin/keys", {"name": "alice"}, headers=admin).json()["key"]
     bob = http.post(
         "/admin/keys", {"name": "bob", "models": ["gpt-4o-mini"]}, headers=admin

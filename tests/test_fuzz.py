@@ -49,7 +49,7 @@ from tests.test_upstream_contracts import openai_error, sse_data, strict_json
 
 CHAT = "/v1/chat/completions"
 MODEL = "gpt-4o-mini"
-ADMIN_KEY = "fuzz-admin-key"
+ADMIN_KEY = "fuzz-admin-key-0001"
 
 
 def fuzz_settings(examples: int) -> settings:

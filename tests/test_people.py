@@ -49,7 +49,7 @@ def fleet(loop_thread: LoopThread, upstream: Upstream, make_proxy: Any, tmp_path
         aliases=aliases,
         auth="virtual-keys",
         db_path=tmp_path / "k.db",
-        admin_key="adm",
+        admin_key="adm-key-for-tests-0001",
     )
     yield proxy
     stop(loop_thread, runner)
@@ -111,7 +111,9 @@ def test_a_request_aiohttp_cannot_parse_gets_json_not_text(proxy: Proxy) -> None
 
 @pytest.fixture
 def keyed(make_proxy: Any, tmp_path: Path) -> Proxy:
-    return make_proxy(admin_key="adm", auth="virtual-keys", db_path=tmp_path / "k.db")
+    return make_proxy(
+        admin_key="adm-key-for-tests-0001", auth="virtual-keys", db_path=tmp_path / "k.db"
+    )
 
 
 def test_stats_url_shows_spend_with_the_admin_key(keyed: Proxy) -> None:
@@ -119,13 +121,13 @@ def test_stats_url_shows_spend_with_the_admin_key(keyed: Proxy) -> None:
     http = Http(keyed.root)
     assert ask(http, secret, "gpt-4o-mini", "What is the speed of light?") == 200
     assert keyed.runtime.request_log is not None and keyed.runtime.request_log.flush()
-    report = cli("stats", "--url", keyed.root, "--admin-key", "adm", "--json")
+    report = cli("stats", "--url", keyed.root, "--admin-key", "adm-key-for-tests-0001", "--json")
     assert report.exit_code == 0, report.output
     usage = json.loads(report.stdout)["usage"]
     [alice] = [k for k in usage["keys"] if k["name"] == "alice"]
     assert alice["spend_usd"] > 0 and alice["budget_usd"] == 5.0
     assert usage["by_model"][0]["model"] == "gpt-4o-mini"
-    view = cli("stats", "--url", keyed.root, "--admin-key", "adm")
+    view = cli("stats", "--url", keyed.root, "--admin-key", "adm-key-for-tests-0001")
     assert view.exit_code == 0 and "alice" in view.stdout and "by model" in view.stdout
 
 
@@ -147,7 +149,7 @@ def test_a_key_reads_its_own_usage(keyed: Proxy) -> None:
 def test_tables_at_80_columns_keep_every_value(keyed: Proxy) -> None:
     for name in ("a-key-with-a-rather-long-name", "second"):
         keyed.call(keyed.keys.create(name, budget_usd=0.000123, models=["gpt-4o-mini-long*"]))
-    listed = cli("keys", "list", "--url", keyed.root, "--admin-key", "adm")
+    listed = cli("keys", "list", "--url", keyed.root, "--admin-key", "adm-key-for-tests-0001")
     assert listed.exit_code == 0, listed.output
     assert "…" not in listed.stdout  # a value that does not fit is folded, never cut
     assert all(len(line) <= 80 for line in listed.stdout.splitlines())

@@ -32,7 +32,7 @@ from tests.fake_gemini import FakeGemini, start_fake_gemini
 from tests.harness import LoopThread, Proxy, Upstream, stop
 
 MODEL = "gpt-4o-mini"
-ADMIN = "adm-perimeter"
+ADMIN = "adm-perimeter-key-01"
 CHAT = "/v1/chat/completions"
 PRICES = json.loads((Path(__file__).parents[1] / "kallm/data/prices.json").read_text())["models"]
 

@@ -36,7 +36,7 @@ from kallm.bench.procs import hermetic_env
 from tests.harness import Http, LoopThread, Reply, Upstream, start_upstream, stop
 from tests.redis_server import RedisServer, free_port
 
-ADMIN = "admin-secret"
+ADMIN = "admin-secret-key-001"
 MODEL = "gpt-4o-mini"
 HOLD_SECONDS = 3.0  # state.reservation_ttl for these replicas
 NO_CACHE = {"Cache-Control": "no-cache"}  # every request goes upstream (and costs)

@@ -90,7 +90,9 @@ def test_jsonl_chat_requests_with_a_system_prompt_become_sdk_hits(
 def test_pairs_are_imported_without_calling_any_model(
     make_proxy: Callable[..., Proxy], upstream: Upstream, tmp_path: Path
 ) -> None:
-    proxy = make_proxy(admin_key="adm", db_path=None)  # imports need no key database
+    proxy = make_proxy(
+        admin_key="adm-key-for-tests-0001", db_path=None
+    )  # imports need no key database
     completion = {"choices": [{"message": {"role": "assistant", "content": "Use reversed()."}}]}
     file = write(
         tmp_path,
@@ -102,9 +104,11 @@ def test_pairs_are_imported_without_calling_any_model(
     )
     missing = run(file, "--url", proxy.root)
     assert missing.exit_code == 2 and "--admin-key" in missing.output
-    wrong = run(file, "--url", proxy.root, "--admin-key", "nope", "--json")
+    wrong = run(file, "--url", proxy.root, "--admin-key", "nope-admin-key-00000", "--json")
     assert wrong.exit_code == 1 and "Invalid admin key" in wrong.stdout
-    result = run(file, "--url", proxy.root, "--json", env={"KALLM_ADMIN_KEY": "adm"})
+    result = run(
+        file, "--url", proxy.root, "--json", env={"KALLM_ADMIN_KEY": "adm-key-for-tests-0001"}
+    )
     assert result.exit_code == 0, result.output
     assert summary(result)["imported"] == 2
     reply = ask(proxy, user(PROMPTS[0]))
@@ -113,7 +117,7 @@ def test_pairs_are_imported_without_calling_any_model(
     assert reply.parse().usage.completion_tokens == 3  # estimated as words
     assert ask(proxy, user(PROMPTS[1])).parse().choices[0].message.content == "Use reversed()."
     assert upstream.fake.chat_calls == 0
-    again = run(file, "--url", proxy.root, "--admin-key", "adm", "--json")
+    again = run(file, "--url", proxy.root, "--admin-key", "adm-key-for-tests-0001", "--json")
     assert summary(again)["cached"] == 2 and summary(again)["imported"] == 0
 
 
@@ -216,9 +220,9 @@ def test_admin_endpoint_guard_and_per_entry_results(make_proxy: Callable[..., Pr
     entry = {"request": {"model": MODEL, "messages": user("hi")}, "response": "hello"}
     off = Http(make_proxy().root).post("/admin/cache/entries", {"entries": [entry]})
     assert off.status == 403
-    http = Http(make_proxy(admin_key="adm").root)
+    http = Http(make_proxy(admin_key="adm-key-for-tests-0001").root)
     assert http.post("/admin/cache/entries", {"entries": [entry]}).status == 401
-    auth = {"Authorization": "Bearer adm"}
+    auth = {"Authorization": "Bearer adm-key-for-tests-0001"}
     assert http.post("/admin/cache/entries", {"entries": 1}, headers=auth).status == 400
     reply = http.post(
         "/admin/cache/entries",

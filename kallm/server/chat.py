@@ -406,8 +406,12 @@ async def _remember(
     ):
         return
     usage = record.usage or Usage()
+    if body is not None:
+        await breathe(body)  # a large answer: encoding it to store is another long step
+    stored = stored_answer(completion)
+    await breathe(stored)
     await runtime.semantic_cache.store(
-        store, stored_answer(completion), cost_usd=record.cost_usd, tokens=usage.total_tokens
+        store, stored, cost_usd=record.cost_usd, tokens=usage.total_tokens
     )
 
 

@@ -42,6 +42,7 @@ def event_stream(headers: Any) -> web.StreamResponse:
     response = web.StreamResponse(headers=headers)
     response.content_type = "text/event-stream"
     response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx-based proxies: relay each event
     return response
 
 
