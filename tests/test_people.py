@@ -240,3 +240,51 @@ def test_502_names_the_provider_not_its_address(make_proxy: Callable[..., Proxy]
     )
     assert reply.status == 502
     assert "127.0.0.1" not in reply.body.decode() and "openai" in reply.json()["error"]["message"]
+
+
+def test_json_logs_use_rfc3339_and_probes_stay_quiet(upstream: Upstream, tmp_path: Path) -> None:
+    import re
+    import time as clock
+
+    from tests.test_errors import free_port
+    from tests.test_serve_process import wait_healthy
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "KALLM_LOG_JSON": "1",
+        "KALLM_PORT": str(port),
+        "KALLM_DB": "off",
+        "KALLM_CACHE_FILE": "off",
+        "OPENAI_BASE_URL": upstream.url,
+        "OPENAI_API_KEY": "sk-u",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kallm", "serve"],
+        env=env,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        root = f"http://127.0.0.1:{port}"
+        wait_healthy(root, process)
+        for _ in range(3):
+            Http(root).get("/health")
+            Http(root).get("/metrics")
+        reply = Http(root).post(
+            "/v1/chat/completions",
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "log me"}]},
+        )
+        assert reply.status == 200
+        clock.sleep(0.3)
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert records and all(
+        re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["time"]) for r in records
+    )
+    paths = [r.get("path") for r in records if r.get("message") is None]
+    assert "/v1/chat/completions" in paths
+    assert "/health" not in paths and "/metrics" not in paths  # probes: log.probes is off
