@@ -7,6 +7,11 @@ guard_pairs.jsonl holds the general pairs (negation, numbers, opposites, roles,
 subjects); guard_pairs_details.jsonl the details of voice-assistant requests (music,
 restaurants, weather, ratings, films, smart home, alarms): another detail must miss,
 the same detail spelt differently ("four"/"4", plurals, articles, contractions) must hit.
+guard_pairs_swap.jsonl holds pairs that score just above the default threshold (less
+than the swap margin above it), asked at the default: a swap of content words misses
+there (most of these are synonyms: the rule trades them for the details of the same kind
+that differ, nearest / closest cinema), the same words spelt otherwise (British /
+American, an added "please") hit.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from kallm.cache.guard import REASONS, refusal_reason
+from kallm.cache.details import american
+from kallm.cache.guard import REASONS, SWAP_MARGIN, refusal_reason
 from tests.harness import Http, Proxy, Upstream
 
 DATA = Path(__file__).parent / "data"
@@ -30,6 +36,7 @@ def read_pairs(name: str) -> list[dict[str, Any]]:
 GENERAL = read_pairs("guard_pairs.jsonl")
 DETAILS = read_pairs("guard_pairs_details.jsonl")
 PAIRS = GENERAL + DETAILS
+SWAPS = read_pairs("guard_pairs_swap.jsonl")
 MUST_NOT = [p for p in PAIRS if p["label"] == "must_not_hit"]
 MUST_HIT = [p for p in PAIRS if p["label"] == "must_hit"]
 CHAT = "/v1/chat/completions"
@@ -103,6 +110,61 @@ def test_each_reason(a: str, b: str, reason: str) -> None:
     assert refusal_reason(b, a) == reason
 
 
+def test_a_swap_is_refused_only_near_the_threshold() -> None:
+    """Each side has a common word the other lacks: refused less than SWAP_MARGIN above
+    the threshold, served further up, and never judged when no threshold is given."""
+    a, b = "find the nearest gas station", "find the closest gas station"
+    near, far = 0.95 + SWAP_MARGIN / 2, 0.95 + SWAP_MARGIN + 0.001
+    for x, y in ((a, b), (b, a)):
+        assert refusal_reason(x, y, near, 0.95) == "swap"
+        assert refusal_reason(x, y, far, 0.95) is None
+        assert refusal_reason(x, y, near) is None
+        assert refusal_reason(x, y) is None
+    assert refusal_reason(a, b, 0.86, 0.85) == "swap"  # measured from the threshold given
+    assert refusal_reason(a, b, 0.95, 0.85) is None
+    # another detail of the same kind, which the word rules alone let through
+    assert refusal_reason("find a quiet bar nearby", "find a busy bar nearby") is None
+    assert refusal_reason("find a quiet bar nearby", "find a busy bar nearby", near, 0.95) == "swap"
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("show the neighbourhood map", "show the neighborhood map"),  # British / American
+        ("what's on at the theatre tonight", "what's on at the theater tonight"),
+        ("organise my photos by date", "organize my photos by date"),
+        ("play something on groove shark", "play something on grooveshark"),  # apart / together
+        ("show the movie schedules", "show the movie schedule"),  # plural
+        ("which songs were played most", "which songs are playing most"),  # inflection
+        ("what films are at the nearest cinema", "what films are playing at the nearest cinema"),
+        ("find the movie schedule for my cinema", "show the movie schedule for my cinema"),
+        ("rate this book five stars", "I would rate this book five stars"),
+    ],
+)
+def test_near_the_threshold_the_same_words_spelt_otherwise_pass(a: str, b: str) -> None:
+    """A word on one side only, or the same word spelt otherwise, is no swap."""
+    near = 0.95 + SWAP_MARGIN / 2
+    assert refusal_reason(a, b, near, 0.95) is None
+    assert refusal_reason(b, a, near, 0.95) is None
+
+
+def test_british_spellings_are_folded_not_synonyms() -> None:
+    assert [american(w) for w in ("neighbourhood", "colours", "theatres", "centred")] == [
+        "neighborhood",
+        "colors",
+        "theaters",
+        "centered",
+    ]
+    assert [american(w) for w in ("catalogue", "organising", "travelled", "grey")] == [
+        "catalog",
+        "organizing",
+        "traveled",
+        "gray",
+    ]
+    for word in ("hour", "four", "your", "flour", "genre", "acre", "rogue", "timbre", "rise"):
+        assert american(word) == word
+
+
 @pytest.mark.parametrize(
     ("a", "b"),
     [
@@ -173,6 +235,35 @@ def test_guard_refuses_no_must_hit_pair_the_embedder_serves(proxy: Proxy, http: 
             wrongly_refused.append((pair["a"], pair["b"]))
     assert served_by_embedder >= len(MUST_HIT) // 2  # the test exercises real hits
     assert wrongly_refused == []
+
+
+def test_swap_pairs_at_the_default_threshold_through_http(proxy: Proxy, http: Http) -> None:
+    """Pairs the embedder puts less than SWAP_MARGIN above the default threshold, asked at
+    the default: a swap misses, the same words spelt otherwise hit. A request that lowers
+    its threshold has chosen looser matches: the swap hits there."""
+    assert len(SWAPS) >= 12
+    assert {p["label"] for p in SWAPS} == {"must_not_hit_near_threshold", "must_hit_near_threshold"}
+    default = float(http.get("/stats").json()["similarity_threshold"])
+    wrong = []
+    for i, pair in enumerate(SWAPS):
+        namespace = f"sw{i}"
+        chat(http, pair["a"], namespace)
+        alone = chat(
+            http, pair["b"], namespace, **{"X-Kallm-Guard": "off", "Cache-Control": "no-store"}
+        )
+        assert alone.headers["x-kallm-cache"] == "HIT", pair  # the embedder alone serves it
+        similarity = float(alone.headers["x-kallm-similarity"])
+        assert default <= similarity < default + SWAP_MARGIN, (pair, similarity)
+        guarded = chat(http, pair["b"], namespace, **{"Cache-Control": "no-store"})
+        expected = "MISS" if pair["label"] == "must_not_hit_near_threshold" else "HIT"
+        if guarded.headers["x-kallm-cache"] != expected:
+            wrong.append((pair["a"], pair["b"], similarity))
+        lowered = chat(
+            http, pair["b"], namespace, **{"X-Kallm-Threshold": "0.9", "Cache-Control": "no-store"}
+        )
+        assert lowered.headers["x-kallm-cache"] == "HIT", pair
+    assert wrong == []
+    assert http.get("/stats").json()["guarded_by_reason"].get("swap", 0) >= 6
 
 
 def test_guard_can_be_switched_off_per_request(proxy: Proxy, http: Http) -> None:

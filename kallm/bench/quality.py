@@ -8,11 +8,10 @@ embedder, index, hit guard), the code the server calls: ``a`` is stored, ``b``
 is looked up. Every pair gets its own namespace, so a lookup can only ever
 find its own partner and no pair's verdict depends on the others.
 
-With one entry per namespace, one lookup at the lowest threshold says what
-would happen at every threshold: ``b`` is a hit at ``t`` exactly when it was
-served with a similarity of at least ``t`` (the guard's verdict on the only
-candidate does not depend on ``t``). So each pair is looked up once, not once
-per threshold, and the figures are the same.
+Each pair is looked up once per threshold, as a server configured with that
+threshold would look it up: the guard asks more of a candidate that barely clears
+the threshold (a swap of content words must clear it by ``SWAP_MARGIN``), so a
+verdict at one threshold does not tell another.
 
 Precision is the share of hits that were right; recall the share of duplicates
 that were hits. The recommendation is the lowest threshold (the most savings)
@@ -26,9 +25,12 @@ Labelled *traffic* (``{"split": "cache"|"traffic", "text", "intent", "slots"?}``
 format of ``../shared/eval``) is simulated instead: the ``cache`` rows fill one cache,
 each ``traffic`` row asks it. A hit is right when the entry has the asker's intent,
 and, where rows carry ``slots`` (the answer-changing details, ``type=value``), right
-*in detail* when the details match too — compared exactly, and normalised (number
-words as digits, plurals, articles, contractions and punctuation folded), since
-"4 stars" and "four stars" are the same detail.
+*in detail* when the details match too — compared exactly; normalised (number words
+as digits, plurals, articles, contractions and punctuation folded), since "4 stars"
+and "four stars" are the same detail; and normalised with spelling too (British
+spellings as American ones, a leading "this"/"that": "this current essay" = "current
+essay", "neighbourhood" = "neighborhood"). Synonyms are never folded: "nearest" /
+"closest" are different details to every judge.
 """
 
 from __future__ import annotations
@@ -37,15 +39,16 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from kallm.cache.guard import hit_guard
+from kallm.cache.guard import SWAP_MARGIN, refusal_reason
 from kallm.cache.scope import cache_key
-from kallm.cache.semantic import Lookup, SemanticCache
+from kallm.cache.semantic import HitGuard, Lookup, SemanticCache
 from kallm.cache.store import MemoryBackend
 from kallm.cli.tables import folded
 from kallm.embed import Embedder, local_embedder
@@ -73,10 +76,16 @@ class Pair:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What looking up ``b`` gave: the similarity it was served at, or why it was not."""
+    """What looking up ``b`` at one threshold gave: the similarity it was served at, or
+    why it was not."""
 
-    served: float | None  # similarity of the hit, None for a miss at every threshold
+    served: float | None  # similarity of the hit, None for a miss
     refused: tuple[float, str] | None  # (similarity, reason) when the guard turned it away
+
+
+def guard_with(margin: float = SWAP_MARGIN) -> HitGuard:
+    """The server's hit guard, with another swap margin (to measure the trade-off)."""
+    return refusal_reason if margin == SWAP_MARGIN else partial(refusal_reason, margin=margin)
 
 
 def _label(value: Any, where: str) -> bool:
@@ -136,10 +145,19 @@ def parse_thresholds(spec: str) -> list[float]:
     return values
 
 
-async def judge(pairs: list[Pair], embedder: Embedder, lowest: float, guard: bool) -> list[Outcome]:
-    """Store every ``a``, then look up every ``b``, each pair in its own namespace."""
+async def judge(
+    pairs: list[Pair], embedder: Embedder, thresholds: list[float], guard: bool
+) -> dict[float, list[Outcome]]:
+    """Store every ``a``, then look up every ``b`` at each threshold, each pair in its own
+    namespace. The cache is configured at the lowest threshold, and each lookup asks for its
+    own (never lower), so the guard measures its margin from that threshold, as a server
+    configured with it would."""
     cache = SemanticCache(
-        MemoryBackend(len(pairs) + 1), embedder, threshold=lowest, ttl=1e12, guard=hit_guard
+        MemoryBackend(len(pairs) + 1),
+        embedder,
+        threshold=min(thresholds),
+        ttl=1e12,
+        guard=refusal_reason,
     )
 
     def request(text: str) -> dict[str, Any]:
@@ -147,16 +165,18 @@ async def judge(pairs: list[Pair], embedder: Embedder, lowest: float, guard: boo
 
     for i, pair in enumerate(pairs):
         await cache.store(Lookup(cache_key(request(pair.a), (f"pair-{i}",))), b"{}")
-    outcomes = []
+    outcomes: dict[float, list[Outcome]] = {t: [] for t in thresholds}
     for i, pair in enumerate(pairs):
-        found = await cache.lookup(cache_key(request(pair.b), (f"pair-{i}",)), use_guard=guard)
-        refusal = found.refusal
-        outcomes.append(
-            Outcome(
-                found.hit.similarity if found.hit else None,
-                (refusal.similarity, refusal.reason) if refusal else None,
+        key = cache_key(request(pair.b), (f"pair-{i}",))
+        for t in thresholds:
+            found = await cache.lookup(key, threshold=t, use_guard=guard)
+            refusal = found.refusal
+            outcomes[t].append(
+                Outcome(
+                    found.hit.similarity if found.hit else None,
+                    (refusal.similarity, refusal.reason) if refusal else None,
+                )
             )
-        )
     return outcomes
 
 
@@ -249,8 +269,7 @@ def read_traffic(path: Path) -> list[Query]:
     return queries
 
 
-def normal_value(value: str) -> str:
-    """A detail's value as the judge compares it: "the 4 Stars" = "four star"."""
+def _value_words(value: str) -> list[str]:
     words = []
     for word in re.findall(r"[a-z0-9]+(?:'[a-z]+)?", value.lower().replace("’", "'")):
         word = word.split("'", 1)[0]
@@ -262,26 +281,58 @@ def normal_value(value: str) -> str:
         if len(word) > 3 and word.endswith("ie"):  # stories/story, movies/movie alike
             word = word[:-2] + "y"
         words.append(word)
+    return words
+
+
+def normal_value(value: str) -> str:
+    """A detail's value as the judge compares it: "the 4 Stars" = "four star"."""
+    return " ".join(_value_words(value))
+
+
+# The judge's own spelling folds, kept apart from the guard's (kallm.cache.details.american)
+# so that a mistake in one is not repeated by the other: British endings written the
+# American way, on words already singular.
+_BRITISH_ENDINGS = (
+    (re.compile(r"^([a-z]{3,})our(hood|ite|able|ed|ing)?$"), r"\1or\2"),  # neighbourhood
+    (re.compile(r"^([a-z]{2,}[bt])re$"), r"\1er"),  # theatre, centre
+    (re.compile(r"^([a-z]{3,})ogue$"), r"\1og"),  # catalogue
+    (re.compile(r"^([a-z]{4,})is(e|ed|ing|ation)$"), r"\1iz\2"),  # organise
+)
+_DEMONSTRATIVES = frozenset({"this", "that", "these", "those"})
+
+
+def _american(word: str) -> str:
+    for pattern, replacement in _BRITISH_ENDINGS:
+        if pattern.match(word):
+            return pattern.sub(replacement, word)
+    return word
+
+
+def spelt_value(value: str) -> str:
+    """``normal_value`` with spelling set aside too: British spellings as American ones
+    ("in the neighbourhood" = "in the neighborhood", "movie theatre" = "movie theater")
+    and a leading demonstrative before another word ("this current" = "current"; a value
+    that is only "this" keeps it). No synonyms: "nearest" and "closest" stay apart."""
+    words = [_american(word) for word in _value_words(value)]
+    if len(words) > 1 and words[0] in _DEMONSTRATIVES:
+        words = words[1:]
     return " ".join(words)
 
 
-def normal_details(details: tuple[str, ...]) -> frozenset[str]:
+def normal_details(details: tuple[str, ...], spelling: bool = False) -> frozenset[str]:
+    """The details as ``type=value`` with each value normalised (and spelling set aside
+    too with ``spelling``)."""
+    fold = spelt_value if spelling else normal_value
     out = set()
     for detail in details:
         kind, _, value = detail.partition("=")
-        out.add(f"{kind}={normal_value(value)}")
+        out.add(f"{kind}={fold(value)}")
     return frozenset(out)
 
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """What one traffic query got, from one lookup at the lowest threshold.
-
-    The candidates a lookup weighs are the nearest few scoring at least the threshold,
-    best first, and the guard's verdict on each does not depend on the threshold; so
-    at a higher threshold the served entry is the same one if it still scores enough,
-    and nothing otherwise. One lookup tells every threshold.
-    """
+    """What one traffic query got from its lookup at one threshold."""
 
     entry: int | None  # index (into the queries) of the entry served
     similarity: float
@@ -304,17 +355,24 @@ def _request(text: str) -> dict[str, Any]:
 async def simulate(
     queries: list[Query],
     embedder: Embedder,
-    lowest: float,
+    thresholds: list[float],
     guard: bool = True,
     novel: bool = False,
-) -> list[Served]:
-    """Fill a cache with the cached rows, look each traffic row up once at ``lowest``.
+    margin: float = SWAP_MARGIN,
+) -> dict[float, list[Served]]:
+    """Fill a cache with the cached rows, look each traffic row up at each threshold.
+
+    Returns, per threshold, what each traffic row got there. The cache is configured at
+    the lowest threshold and each lookup asks for its own, so the guard measures its swap
+    ``margin`` from that threshold, as a server configured with it would; a verdict at one
+    threshold does not tell another. Without the guard it would, and one lookup serves all.
 
     ``novel``: before a query is asked, every cached row of its intent is taken out,
     so every hit is wrong: what users see for a question the cache has never seen.
     """
     cached = [i for i, q in enumerate(queries) if q.cached]
     asked = [i for i, q in enumerate(queries) if not q.cached]
+    lowest = min(thresholds)
     lookups = {}
     for i in cached:
         key = cache_key(_request(queries[i].text))
@@ -324,27 +382,35 @@ async def simulate(
         groups = {}
         for i in asked:
             groups.setdefault(queries[i].intent, []).append(i)
-    served: dict[int, Served] = {}
+    served: dict[float, dict[int, Served]] = {t: {} for t in thresholds}
     for intent, members in groups.items():
         keep = [i for i in cached if not novel or queries[i].intent != intent]
         cache = SemanticCache(
-            MemoryBackend(len(keep) + 1), embedder, threshold=lowest, ttl=1e12, guard=hit_guard
+            MemoryBackend(len(keep) + 1),
+            embedder,
+            threshold=lowest,
+            ttl=1e12,
+            guard=guard_with(margin),
         )
         index_of = {}
         for i in keep:
             await cache.store(lookups[i], b"{}")
             index_of[lookups[i].key.text] = i
         for i in members:
-            found = await cache.lookup(cache_key(_request(queries[i].text)), use_guard=guard)
-            refusal = found.refusal
-            served[i] = Served(
-                index_of[found.hit.entry.text] if found.hit else None,
-                found.hit.similarity if found.hit else 0.0,
-                (index_of[refusal.candidate], refusal.reason, refusal.similarity)
-                if refusal
-                else None,
-            )
-    return [served[i] for i in asked]
+            key = cache_key(_request(queries[i].text))
+            for t in thresholds if guard else [lowest]:
+                found = await cache.lookup(key, threshold=t, use_guard=guard)
+                refusal = found.refusal
+                served[t][i] = Served(
+                    index_of[found.hit.entry.text] if found.hit else None,
+                    found.hit.similarity if found.hit else 0.0,
+                    (index_of[refusal.candidate], refusal.reason, refusal.similarity)
+                    if refusal
+                    else None,
+                )
+    if not guard:  # no verdict to depend on the threshold: the lowest one tells them all
+        served = {t: served[lowest] for t in thresholds}
+    return {t: [by_row[i] for i in asked] for t, by_row in served.items()}
 
 
 def _asked(queries: list[Query]) -> list[Query]:
@@ -353,14 +419,16 @@ def _asked(queries: list[Query]) -> list[Query]:
 
 def right(query: Query, entry: Query, level: str) -> bool:
     """Whether ``entry``'s answer is right for ``query``: at ``level`` intent, exact
-    (details equal as written) or normalised (details equal once normalised)."""
+    (details equal as written), normalised (details equal once normalised) or spelling
+    (equal once normalised with spelling set aside too)."""
     if entry.intent != query.intent:
         return False
     if level == "intent" or query.details is None or entry.details is None:
         return True
     if level == "exact":
         return entry.details == query.details
-    return normal_details(entry.details) == normal_details(query.details)
+    spelling = level == "spelling"
+    return normal_details(entry.details, spelling) == normal_details(query.details, spelling)
 
 
 def score_traffic(
@@ -383,7 +451,7 @@ def score_traffic(
         if entry is None:
             continue
         hits["all"] += 1
-        for level in ("intent", "exact", "normalised"):
+        for level in ("intent", "exact", "normalised", "spelling"):
             hits[level] += right(asked[r], queries[entry], level)
     n, h = max(count, 1), hits["all"]
     result: dict[str, Any] = {
@@ -395,6 +463,7 @@ def score_traffic(
     if any(q.details is not None for q in asked):
         result["detail_exact"] = hits["exact"] / h if h else 1.0
         result["detail_normalised"] = hits["normalised"] / h if h else 1.0
+        result["detail_spelling"] = hits["spelling"] / h if h else 1.0
     if novel is not None:
         result["novel_false_hits"] = novel_hits / n
     return result
@@ -455,13 +524,13 @@ async def evaluate_traffic(
     """``kallm bench quality`` on labelled traffic: the same report as for pairs, plus
     detail-level precision, refusals by reason and wrong hits to read."""
     queries = read_traffic(path)
-    served = await simulate(queries, embedder, min(thresholds), guard)
-    rows = [score_traffic(queries, served, t) for t in thresholds]
+    default = embedder.default_threshold
+    served = await simulate(queries, embedder, sorted({*thresholds, default}), guard)
+    rows = [score_traffic(queries, served[t], t) for t in thresholds]
     has_details = "detail_normalised" in rows[0]
     key = "detail_normalised" if has_details else "precision"
     good = [r for r in rows if r[key] >= target and r["hit_rate"] > 0]
     best = max(good, key=lambda r: (r["hit_rate"], r["threshold"])) if good else None
-    default = embedder.default_threshold
     at = best["threshold"] if best else default
     asked = _asked(queries)
     return {
@@ -474,7 +543,7 @@ async def evaluate_traffic(
         "guard": guard,
         "target_precision": target,
         "thresholds": rows,
-        "at_default_threshold": score_traffic(queries, served, default),
+        "at_default_threshold": score_traffic(queries, served[default], default),
         "recommended": None
         if best is None
         else {
@@ -484,8 +553,8 @@ async def evaluate_traffic(
             "setting": "cache.similarity_threshold",
             "env": f"KALLM_SIMILARITY_THRESHOLD={best['threshold']:g}",
         },
-        "refused_by_reason": refusals(queries, served, at),
-        "wrong_hits": wrong_hits(queries, served, at),
+        "refused_by_reason": refusals(queries, served[at], at),
+        "wrong_hits": wrong_hits(queries, served[at], at),
     }
 
 
@@ -504,16 +573,17 @@ async def evaluate(
     if is_traffic_file(path):
         return await evaluate_traffic(path, embedder, thresholds, guard, target)
     pairs = read_pairs(path)
-    outcomes = await judge(pairs, embedder, min(thresholds), guard)
-    rows = [score(pairs, outcomes, t) for t in thresholds]
-    best = recommend(rows, target)
     default = embedder.default_threshold
+    outcomes = await judge(pairs, embedder, sorted({*thresholds, default}), guard)
+    rows = [score(pairs, outcomes[t], t) for t in thresholds]
+    best = recommend(rows, target)
+    at = best["threshold"] if best else default
     wrong = []
     if best is not None:
         wrong = [
             {"a": p.a, "b": p.b, "similarity": round(o.served or 0.0, 4)}
-            for p, o in zip(pairs, outcomes, strict=True)
-            if not p.duplicate and o.served is not None and o.served >= best["threshold"]
+            for p, o in zip(pairs, outcomes[best["threshold"]], strict=True)
+            if not p.duplicate and o.served is not None
         ]
     return {
         "pairs_file": str(path),
@@ -524,7 +594,7 @@ async def evaluate(
         "guard": guard,
         "target_precision": target,
         "thresholds": rows,
-        "at_default_threshold": score(pairs, outcomes, default),
+        "at_default_threshold": score(pairs, outcomes[default], default),
         "recommended": None
         if best is None
         else {
@@ -536,7 +606,7 @@ async def evaluate(
             "env": f"KALLM_SIMILARITY_THRESHOLD={best['threshold']:g}",
         },
         "wrong_hits_at_recommended": sorted(wrong, key=lambda w: -w["similarity"])[:EXAMPLES],
-        "refused_by_reason": pair_refusals(pairs, outcomes, best["threshold"] if best else default),
+        "refused_by_reason": pair_refusals(pairs, outcomes[at], at),
     }
 
 
@@ -676,7 +746,7 @@ def print_traffic_quality(result: dict[str, Any], console: Console) -> None:
         f"from {result['traffic_file']}, {result['embedder']} embedder, {guard}"
     )
     columns = ["threshold", "hit rate", "precision (intent)"]
-    columns += ["detail exact", "detail normalised"] if details else []
+    columns += ["detail exact", "detail normalised", "+ spelling"] if details else []
     for column in columns:
         table.add_column(column, justify="right")
     for row in result["thresholds"]:
@@ -689,7 +759,11 @@ def print_traffic_quality(result: dict[str, Any], console: Console) -> None:
             _share(row["precision"]),
         ]
         if details:
-            cells += [_share(row["detail_exact"]), _share(row["detail_normalised"])]
+            cells += [
+                _share(row["detail_exact"]),
+                _share(row["detail_normalised"]),
+                _share(row["detail_spelling"]),
+            ]
         table.add_row(*cells, style="bold green" if chosen else None)
     console.print(folded(table))
     judged = "detail-level (normalised)" if details else "intent"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from collections.abc import Iterable
 from functools import cache, lru_cache
 
@@ -80,6 +81,51 @@ def close_words(a: str, b: str) -> bool:
     synonym (neighbourhood/neighborhood, physician/doctor, inexpensive/cheap)."""
     va, vb = _word_vector(a), _word_vector(b)
     return va is not None and vb is not None and float(va @ vb) >= COUNTERPART_COSINE
+
+
+# British spellings, written the American way: "neighbourhood"/"neighborhood" is one word.
+# Endings only, and only after a stem long enough that the fold cannot meet another word
+# ("hour", "flour", "rogue" keep theirs); a fold that makes a non-word ("detour" -> "detor")
+# is harmless, since the same fold is applied to both sides.
+_BRITISH_ENDINGS = (
+    (
+        re.compile(r"^([a-z]{3,})our(s|ed|ing|hood|hoods|ite|ites|able|al|er|ers|ful|less)?$"),
+        r"\1or\2",
+    ),  # colour, neighbourhood, favourite, behaviour
+    (re.compile(r"^([a-z]{2,}[bt])re(s?)$"), r"\1er\2"),  # theatre, centre, fibre, metre
+    (re.compile(r"^([a-z]{2,}[bt])red$"), r"\1ered"),  # centred
+    (re.compile(r"^([a-z]{3,})ogue(s)?$"), r"\1og\2"),  # catalogue, dialogue
+    (re.compile(r"^([a-z]{4,})is(e|es|ed|ing|ation|ations)$"), r"\1iz\2"),  # organise
+    (re.compile(r"^([a-z]{2,}e)ll(ed|ing|er|ers)$"), r"\1l\2"),  # travelled, cancelling
+)
+_BRITISH_WORDS = {
+    "grey": "gray",
+    "greys": "grays",
+    "programme": "program",
+    "programmes": "programs",
+    "cheque": "check",
+    "cheques": "checks",
+    "tyre": "tire",
+    "tyres": "tires",
+    "jewellery": "jewelry",
+    "pyjamas": "pajamas",
+    "mould": "mold",
+    "timbre": "timbre",  # not "timber"
+}
+
+
+@lru_cache(maxsize=16384)
+def american(word: str) -> str:
+    """``word`` in American spelling where it is a British spelling of the same word
+    ("neighbourhood" -> "neighborhood", "theatres" -> "theaters", "organised" ->
+    "organized"); every other word unchanged. A spelling, never a synonym."""
+    known = _BRITISH_WORDS.get(word)
+    if known is not None:
+        return known
+    for pattern, replacement in _BRITISH_ENDINGS:
+        if pattern.match(word):
+            return pattern.sub(replacement, word)
+    return word
 
 
 @lru_cache(maxsize=16384)
@@ -179,7 +225,7 @@ def commonest_rank(raw: str, word: str) -> int:
     return min(word_rank(form) for form in forms)
 
 
-def _unmatched(mine: dict[str, str], theirs: dict[str, str]) -> dict[str, str]:
+def unmatched(mine: dict[str, str], theirs: dict[str, str]) -> dict[str, str]:
     """The words of ``mine`` that ``theirs`` lacks, written together or apart
     ("grooveshark" / "groove shark" match both ways)."""
     their_joined, my_joined = joined_pairs(theirs), joined_pairs(mine)
@@ -217,7 +263,7 @@ def detail_differs(
     """
     if a_qualifiers != b_qualifiers:
         return True
-    only_a, only_b = _unmatched(a_words, b_words), _unmatched(b_words, a_words)
+    only_a, only_b = unmatched(a_words, b_words), unmatched(b_words, a_words)
     only_a, only_b = (
         _without_counterparts(only_a, only_b),
         _without_counterparts(only_b, only_a),

@@ -22,8 +22,11 @@ from kallm.embed.base import Embedder
 
 log = logging.getLogger("kallm.cache")
 
-# (compared text of the request, text of the candidate) -> reason to refuse, or None
-HitGuard = Callable[[str, str], "str | None"]
+# (compared text of the request, text of the candidate, the candidate's similarity, the
+# threshold the guard may measure it from, or None) -> reason to refuse, or None. The guard
+# sees the similarity so that it can ask more of a candidate that barely clears the threshold
+# than of one near 1.0 (kallm.cache.guard.refusal_reason).
+HitGuard = Callable[[str, str, float, "float | None"], "str | None"]
 
 CANDIDATES = 4  # neighbours above the threshold the guard may choose among
 # Longer texts are cached by the exact tier only: embedding and guarding 10 MB of text held
@@ -161,18 +164,25 @@ class SemanticCache:
         guard = self.guard if use_guard else None
         k = CANDIDATES if guard else 1
         found = await self.backend.nearest(result.key.scope, result.vector, now, k, limit)
+        # A request that lowers the threshold below the configured one has chosen looser
+        # matches: its candidates are judged by their wording alone, with no margin measured
+        # from a threshold it set aside.
+        anchor = limit if limit >= self.threshold else None
         for entry, score in found:
-            reason = self._check(guard, result.key.text, entry.text or "") if guard else None
+            text = entry.text or ""
+            reason = self._check(guard, result.key.text, text, score, anchor) if guard else None
             if reason is None:
                 result.hit = Hit(entry, score, "semantic")
                 return
             if result.refusal is None:
-                result.refusal = Refusal(entry.text or "", score, reason)
+                result.refusal = Refusal(text, score, reason)
 
-    def _check(self, guard: HitGuard, query: str, candidate: str) -> str | None:
+    def _check(
+        self, guard: HitGuard, query: str, candidate: str, similarity: float, anchor: float | None
+    ) -> str | None:
         """The guard's verdict; a guard that breaks refuses (a miss), never fails the request."""
         try:
-            return guard(query, candidate)
+            return guard(query, candidate, similarity, anchor)
         except Exception:
             log.exception("hit guard failed on %r / %r; refusing the hit", query, candidate)
             return "guard_error"
