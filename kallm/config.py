@@ -68,6 +68,7 @@ class Settings:
     snapshot_interval: float = 300.0
     guard: bool = True
     max_body_bytes: int = 10 * 1000**2
+    event_loop: str = "auto"  # uvloop where installed; "asyncio" to turn it off
     idle_timeout: float = 30.0  # a connection that starts no request for this long is closed
     body_timeout: float = 60.0  # a request body must arrive within this
     log_json: bool = False
@@ -303,6 +304,12 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("host", "server.host", ("KALLM_HOST",), parse_host),
     SettingSpec("port", "server.port", ("KALLM_PORT",), _int_in(0, 65535)),
     SettingSpec("max_body_bytes", "server.max_body_size", ("KALLM_MAX_BODY_SIZE",), parse_size),
+    SettingSpec(
+        "event_loop",
+        "server.event_loop",
+        ("KALLM_EVENT_LOOP",),
+        parse_choice("auto", "asyncio", "uvloop"),
+    ),
     SettingSpec("idle_timeout", "server.idle_timeout", ("KALLM_IDLE_TIMEOUT",), parse_duration),
     SettingSpec("body_timeout", "server.body_timeout", ("KALLM_BODY_TIMEOUT",), parse_duration),
     SettingSpec(

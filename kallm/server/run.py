@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -29,7 +31,27 @@ GRACE_SECONDS = 30.0  # how long in-flight requests may finish after a stop sign
 def serve(settings: Settings) -> None:
     """Block serving ``settings.host:port``; raises OSError if the address is taken and
     ConfigError when a setting makes serving impossible (e.g. kallm as its own upstream)."""
-    asyncio.run(_serve(settings))
+    run_loop(settings.event_loop, _serve(settings))
+
+
+def run_loop(choice: str, main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop where it is installed (``auto``) or asked for, else asyncio.
+
+    uvloop is measured (``scripts/bench_core.py``, one run each, interleaved): at 32
+    concurrent requests +40-50% exact hits and misses per second, +15% paraphrase hits.
+    """
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError(
+                    "server.event_loop = uvloop, but uvloop is not installed"
+                ) from None
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 @dataclass
