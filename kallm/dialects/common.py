@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import uuid
 from typing import Any
 
 from kallm.errors import RequestError
+from kallm.ids import random_hex
 
 _PIECE_CHARS = 48  # replayed text per delta: several deltas, like a real stream, not one blob
 _ID_SAFE = re.compile(r"[^A-Za-z0-9]")
@@ -35,7 +35,7 @@ def derived_id(prefix: str, *seed: Any) -> str:
 
 def fresh_id(prefix: str) -> str:
     """A new random id in the provider's style (prefix + 32 hex digits)."""
-    return prefix + uuid.uuid4().hex
+    return prefix + random_hex(32)
 
 
 def refreshed(old: Any, default_prefix: str) -> str:

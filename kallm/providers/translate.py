@@ -12,11 +12,11 @@ import binascii
 import json
 import re
 import time
-import uuid
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from kallm.errors import RequestError
+from kallm.ids import random_hex
 
 # OpenAI parameters no native API can express; each maps to the value that means "not used".
 _NEUTRAL: dict[str, Any] = {
@@ -32,7 +32,7 @@ _NEUTRAL: dict[str, Any] = {
 
 def new_id(prefix: str = "chatcmpl-") -> str:
     """A fresh id in OpenAI's style (prefix + 24 hex digits)."""
-    return prefix + uuid.uuid4().hex[:24]
+    return prefix + random_hex(24)
 
 
 def now() -> int:

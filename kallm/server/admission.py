@@ -13,7 +13,6 @@ context middleware settles it when the response is done, whatever happened.
 from __future__ import annotations
 
 import hashlib
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from kallm.errors import (
     RouteClosed,
     RouteNotFound,
 )
+from kallm.ids import unique_id
 from kallm.providers.router import Route, Router
 from kallm.server.connections import read_body
 from kallm.server.log import RequestLog, request_log
@@ -236,7 +236,7 @@ async def _reserve(runtime: Runtime, request: web.Request, admitted: Admission) 
     assert key is not None
     now = time.time()
     # the hold's own id: a client may send the same X-Request-Id twice at once
-    hold = f"{request_log(request).request_id}.{secrets.token_hex(6)}"
+    hold = f"{request_log(request).request_id}.{unique_id()}"
     tokens = admitted.estimate.tokens if admitted.estimate and key.tpm is not None else 0
     state = await runtime.backends.limits.admit(key, tokens, hold, now)
     admitted.rate_headers = state.headers()

@@ -10,7 +10,6 @@ Guarded by the admin key, exactly like the rest of /admin.
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ from kallm.accounts.pricing import Usage
 from kallm.cache.answers import stored_answer
 from kallm.cache.scope import SERVER_TENANT, cache_key
 from kallm.errors import KallmError, RequestError
+from kallm.ids import random_hex
 from kallm.server.request import json_object, parse_chat_request
 from kallm.server.runtime import Runtime, runtime_of
 
@@ -76,7 +76,7 @@ def as_completion(response: Any, request: dict[str, Any]) -> dict[str, Any]:
         answer_words = sum(_words(message_text(c["message"])) for c in completion["choices"])
     else:
         raise RequestError("'response' must be text or a chat.completion object", param="response")
-    completion.setdefault("id", "chatcmpl-kallm" + secrets.token_hex(12))
+    completion.setdefault("id", "chatcmpl-kallm" + random_hex(24))
     completion["object"] = "chat.completion"
     completion.setdefault("created", int(time.time()))
     completion["model"] = completion.get("model") or model

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import math
-import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,6 +25,7 @@ from kallm.accounts.pricing import Usage, plausible_counts
 from kallm.cache.answers import served_answer, stored_answer, stored_usage
 from kallm.cache.semantic import Hit, Lookup
 from kallm.errors import KallmError, RequestError, UpstreamError, UpstreamTimeout
+from kallm.ids import random_hex
 from kallm.providers.base import ChatCall, Provider, StreamRelay, forwardable
 from kallm.providers.router import Route
 from kallm.providers.sse import DONE, StreamAssembler, event_data, iter_events, replay_events
@@ -89,7 +89,7 @@ async def _serve_hit(
     request: web.Request, runtime: Runtime, payload: dict[str, Any], hit: Hit
 ) -> web.StreamResponse:
     stored = hit.entry.response
-    answer_id, created = "chatcmpl-kallm" + secrets.token_hex(12), int(time.time())
+    answer_id, created = "chatcmpl-kallm" + random_hex(24), int(time.time())
     record = request_log(request)
     record.cache, record.similarity = "HIT", hit.similarity
     record.usage = Usage.from_openai(stored_usage(stored))

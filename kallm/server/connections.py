@@ -35,6 +35,8 @@ class RequestTimeout(KallmError):
 
 async def read_body(request: web.Request, timeout: float) -> bytes:
     """The whole body, or 408 when the client does not send it within ``timeout``."""
+    if request.content.is_eof():  # it all came with the headers: nothing to wait for
+        return await request.read()
     try:
         async with asyncio.timeout(timeout):  # no task per request, as wait_for would make
             return await request.read()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import time
 
 from aiohttp import web
@@ -26,6 +25,7 @@ from kallm.errors import (
     UnsupportedEncoding,
     UpstreamLoop,
 )
+from kallm.ids import random_hex
 from kallm.server.admission import set_path, settle_once
 from kallm.server.log import (
     PROBE_LABELS,
@@ -59,7 +59,7 @@ def request_id_of(headers: object) -> str:
     supplied = getattr(headers, "get", lambda _name: None)("X-Request-Id")
     if isinstance(supplied, str) and _REQUEST_ID.fullmatch(supplied):
         return supplied
-    return secrets.token_hex(8)
+    return random_hex(16)
 
 
 @web.middleware
