@@ -194,6 +194,21 @@ def test_help_shows_no_bool_placeholders_and_has_completion() -> None:
     assert "--install-completion" in root.stdout
 
 
+def test_the_cli_starts_without_the_server_stack() -> None:
+    """``kallm --version`` and ``--help`` must answer fast (issue 15: under 0.3 s): loading
+    the CLI must not import the HTTP stack, numpy or the cache; each command imports what it
+    runs. (The time itself is measured by benchmarks, not here: it depends on the machine.)"""
+    probe = (
+        "import sys, kallm.cli.app; "
+        "print(' '.join(m for m in ('aiohttp', 'numpy', 'kallm.cache', 'kallm.server') "
+        "if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert loaded == []
+
+
 def test_flag_errors_name_the_flag_the_user_typed() -> None:
     result = cli("serve", "--threshold", "1.5")
     assert result.exit_code == 2

@@ -7,3 +7,5 @@ labelled prompt pairs through kallm's own cache to choose a similarity
 threshold. The pieces (prompts, pre-fill, load generator, statistics) are
 reusable by scripts such as ``scripts/bench_core.py``.
 """
+
+MODEL = "gpt-4o-mini"  # the model every benchmark request names unless told otherwise

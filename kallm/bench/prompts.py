@@ -17,9 +17,9 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
+from kallm.bench import MODEL
 from kallm.cache.answers import stored_answer
 
-MODEL = "gpt-4o-mini"
 SYSTEM_PROMPT = "You are a helpful assistant. Answer concisely."
 
 SLOTS: dict[str, tuple[str, ...]] = {

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from kallm.bench.prompts import MODEL
+from kallm.bench import MODEL
 from kallm.cli.common import fail
 from kallm.config import parse_duration
 
