@@ -10,7 +10,8 @@ the hit is refused when they differ in something that changes the answer:
     numbers    the numbers differ as multisets (digits, number words, %, times, dates)
     opposite   one side has one half of an opposing pair, the other the other half,
                or a particle changes the action (turn up / turn off, switch / switch off)
-    roles      the same words, but a role marker (from, to, than...) points elsewhere
+    roles      the same words, but a role marker (from, to, than, for...) governs other
+               words (buy a case for the phone charger / a charger for the phone case)
     subject    each side names a specific thing the other does not (Tokyo / Osaka)
     question   one side asks why, the other does not (why do you need my ID / what do
                you need to verify my ID): a reason is another answer than a procedure
@@ -69,7 +70,7 @@ NEGATIONS = frozenset(
 ROLE_MARKERS = frozenset(
     (
         "from to into onto than vs versus per by against toward towards via of before "
-        "after as like match matches"
+        "after as like match matches for"
     ).split()
 )
 # subject and object forms: "do I owe Sarah" / "does Sarah owe me" swap who owes whom
@@ -139,6 +140,7 @@ _INFINITIVE_BEFORE = frozenset(
 )
 # verbs whose particle is the action: turn up / turn off, switch / switch off
 _WH = frozenset({"what", "whats", "what's", "when", "where", "which", "who", "whom", "whose"})
+_ASKING = _WH | {"how"}
 _PHRASAL_VERBS = frozenset("turn switch power shut crank dial dim".split())
 _PHRASAL_FORMS = frozenset(
     form for verb in _PHRASAL_VERBS for form in (verb, verb + "s", verb + "ed", verb + "ing")
@@ -333,15 +335,19 @@ def _normal(word: str) -> str:
     return word[:-1] if len(word) > 3 and word.endswith("e") else word
 
 
-_SYMMETRIC = frozenset({"and", "or", "plus", "times", "&"})
+_SYMMETRIC = frozenset({"and", "or", "plus", "&"})
+_NUMBER_SYMMETRIC = frozenset({"times"})  # symmetric after a number only: "movie times"
 _PHRASE_ENDS = ROLE_MARKERS | frozenset(
     "is are was were be been am do does did have has had will would can could should equal "
     "equals what which who how".split()
 )
 
 
-def _role_filler(tokens: tuple[str, ...], start: int) -> str | None:
-    """The word a marker governs: the next one that is not a stopword or an -ly adverb.
+def _role_filler(tokens: tuple[str, ...], start: int) -> list[str] | None:
+    """The words a marker governs: from the next one that is not a stopword or an -ly
+    adverb, up to the next stopword or marker. All of them, not just the first, since in
+    a compound the head comes last: "time for the movie schedule" / "the schedule for
+    movie times" share "for movie" but ask for different things.
 
     None when it heads a coordination ("the sum of 15 and 27"): order is no role there.
     """
@@ -349,21 +355,42 @@ def _role_filler(tokens: tuple[str, ...], start: int) -> str | None:
         token = tokens[i]
         if token in STOPWORDS or token in ROLE_MARKERS or (len(token) > 4 and token.endswith("ly")):
             continue
-        if i + 1 < len(tokens) and tokens[i + 1] in _SYMMETRIC:
+        if i + 1 < len(tokens) and _coordinates(token, tokens[i + 1]):
             return None
-        return token if token[0].isdigit() else _normal(token)
+        return [_filler(t) for t in itertools.takewhile(_in_phrase, tokens[i:])]
     return None
 
 
+def _coordinates(token: str, following: str) -> bool:
+    """``following`` joins ``token`` to another word in either order ("15 and 27",
+    "3 times 4"); "times" does so only after a number ("movie times" is a noun)."""
+    if following in _SYMMETRIC:
+        return True
+    return following in _NUMBER_SYMMETRIC and (token[0].isdigit() or token in _NUMBERISH)
+
+
+def _in_phrase(token: str) -> bool:
+    return token not in STOPWORDS and token not in ROLE_MARKERS and token not in NEGATIONS
+
+
+def _filler(token: str) -> str:
+    return token if token[0].isdigit() else _normal(token)
+
+
 def _roles(tokens: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    """Each role marker -> the words it governs. A marker before a question word ("for
+    what reason", "from which card") marks none: the question phrase moves freely ("for
+    what reason was it declined" / "what is the reason for the decline")."""
     roles: dict[str, set[str]] = {}
     for i, token in enumerate(tokens):
         if token == "to" and i > 0 and tokens[i - 1] in _INFINITIVE_BEFORE:
             continue
+        if i + 1 < len(tokens) and tokens[i + 1] in _ASKING:
+            continue
         if token in ROLE_MARKERS:
-            filler = _role_filler(tokens, i + 1)
-            if filler is not None:
-                roles.setdefault(token, set()).add(filler)
+            fillers = _role_filler(tokens, i + 1)
+            if fillers is not None:
+                roles.setdefault(token, set()).update(fillers)
     return {marker: frozenset(words) for marker, words in roles.items()}
 
 
