@@ -8,6 +8,9 @@ are sane (requests answered, no errors, the cache headers each cell is about).
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from kallm.cli.app import app
 from tests.harness import LoopThread
 
 DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).parent.parent
 CELLS = ("direct", "kallm miss", "kallm exact hit", "kallm paraphrase hit")
 
 
@@ -65,6 +69,28 @@ def test_bench_run_rejects_a_bad_latency(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "--upstream-latency" in result.output
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="scripts/bench_wrk.py needs wrk")
+def test_bench_wrk_reports_every_cell(tmp_path: Path) -> None:
+    """scripts/bench_wrk.py at its smallest (~10 s): every cell answered, all 200s, no errors."""
+    out = tmp_path / "wrk.json"
+    command = [sys.executable, str(ROOT / "scripts" / "bench_wrk.py"), "--duration", "1s"]
+    command += ["--concurrency", "2", "--warmup", "0s", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    cells = {(c["name"], c["concurrency"]): c for c in report["cells"]}
+    expected = {(n, 1) for n in ("direct", "relay", "kallm miss")}
+    expected |= {(n, 2) for n in ("direct", "relay", "kallm miss", "kallm exact hit")}
+    assert set(cells) == expected
+    for cell in cells.values():
+        assert cell["rps"] > 0 and cell["requests"] > 0, cell
+        assert cell["socket_errors"] == cell["non_2xx"] == cell["wrong_cache_header"] == 0, cell
+        assert 0 < cell["p50_ms"] <= cell["p90_ms"] <= cell["p99_ms"]
+    measures = [t["measure"] for t in report["targets"]]
+    assert "p50 added to direct c=1, kallm miss (ms)" in measures
+    assert "issue 15 targets" in result.stdout
 
 
 def test_bench_quality_recommends_a_threshold(tmp_path: Path) -> None:
