@@ -49,16 +49,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import tomli_w
 from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kallm.bench import procs  # noqa: E402
-from kallm.bench.prompts import MODEL  # noqa: E402
-from kallm.bench.run import SIMULATED_KEY, cancel_on_sigterm  # noqa: E402
+from kallm.bench import MODEL, procs  # noqa: E402
+from kallm.bench.run import (  # noqa: E402
+    SIMULATED_KEY,
+    cancel_on_sigterm,
+    write_kallm_config,
+)
 from kallm.config import parse_duration  # noqa: E402
 
 LUA = ROOT / "scripts" / "bench_wrk.lua"
@@ -111,29 +113,6 @@ def chat_body(prompt: str) -> bytes:
     return json.dumps(request, separators=(",", ":")).encode()
 
 
-def kallm_config(work: Path, upstream_url: str) -> Path:
-    """kallm.toml as ``kallm bench run`` writes it: data in ``work``, logging at warning.
-
-    An INFO line per request would measure the terminal, not the proxy; no snapshot
-    is written while the load runs.
-    """
-    document = {
-        "server": {"host": "127.0.0.1"},
-        "upstream": {"base_url": upstream_url},
-        "cache": {
-            "file": str(work / "cache.kallm"),
-            "embedding_model": "local",
-            "max_entries": 1_000_000,  # every miss of the run fits: none evicts the hit prompt
-            "snapshot_interval": "0s",
-        },
-        "log": {"level": "warning"},
-        "db": {"path": str(work / "kallm.db")},
-    }
-    path = work / "kallm.toml"
-    path.write_text(tomli_w.dumps(document))
-    return path
-
-
 async def start_servers(
     work: Path, children: list[procs.Child], console: Console
 ) -> dict[str, str]:
@@ -156,7 +135,8 @@ async def start_servers(
     base = upstream.root + "/v1"
     relay_args = [str(ROOT / "scripts" / "bare_relay.py"), "--upstream", base, "--port", "{port}"]
     relay = await spawn("bare-relay", relay_args, "/v1/models")  # any answer, a 405 too
-    config = kallm_config(work, base)
+    # every miss of the run fits in the cache: none evicts the hit prompt
+    config = write_kallm_config(work, base, work / "cache.kallm")
     kallm = await spawn(
         "kallm",
         ["-m", "kallm", "serve", "--config", str(config), "--port", "{port}"],

@@ -226,28 +226,16 @@ class BenchSession:
         )
 
     def _kallm_config(self, cache_file: Path) -> Path:
-        """kallm.toml for the measured server: the user's defaults, but its data kept apart.
-
-        Logging stays at warning: an INFO line per request would measure the terminal,
-        not the proxy. The cache may hold every miss the run stores, so none evicts an
-        entry a hit cell asks for.
-        """
+        """The cache may hold every miss the run stores, so none evicts an entry a hit
+        cell asks for."""
         options = self.options
-        document = {
-            "server": {"host": "127.0.0.1"},  # the port is a free one, given as a flag
-            "upstream": {"base_url": self.upstream_url},
-            "cache": {
-                "file": str(cache_file),
-                "embedding_model": options.embedder,
-                "max_entries": max(1_000_000, 2 * options.entries),
-                "snapshot_interval": "0s",
-            },
-            "log": {"level": "warning"},
-            "db": {"path": str(self.log_dir / "kallm.db")},
-        }
-        path = self.log_dir / "kallm.toml"
-        path.write_text(tomli_w.dumps(document))
-        return path
+        return write_kallm_config(
+            self.log_dir,
+            self.upstream_url,
+            cache_file,
+            embedder=options.embedder,
+            max_entries=max(1_000_000, 2 * options.entries),
+        )
 
     def _upstream_label(self) -> str:
         if self.options.simulated:
@@ -335,6 +323,36 @@ class BenchSession:
                 (self.log_dir / name).unlink()
         if not any(self.log_dir.glob("*.log")):
             shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+def write_kallm_config(
+    directory: Path,
+    upstream_url: str,
+    cache_file: Path,
+    *,
+    embedder: str = "local",
+    max_entries: int = 1_000_000,
+) -> Path:
+    """kallm.toml for a measured server: the user's defaults, but its data kept apart.
+
+    Logging stays at warning: an INFO line per request would measure the terminal,
+    not the proxy; no snapshot is written while the load runs.
+    """
+    document = {
+        "server": {"host": "127.0.0.1"},  # the port is a free one, given as a flag
+        "upstream": {"base_url": upstream_url},
+        "cache": {
+            "file": str(cache_file),
+            "embedding_model": embedder,
+            "max_entries": max_entries,
+            "snapshot_interval": "0s",
+        },
+        "log": {"level": "warning"},
+        "db": {"path": str(directory / "kallm.db")},
+    }
+    path = directory / "kallm.toml"
+    path.write_text(tomli_w.dumps(document))
+    return path
 
 
 @contextlib.contextmanager
