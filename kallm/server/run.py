@@ -80,7 +80,13 @@ async def start_serving(app: web.Application, settings: Settings, host: str, por
         # connection closes after the answer instead
         lingering_time=0,
     )
-    await runner.setup()  # start-up: database, providers, cache file
+    try:
+        await runner.setup()  # start-up: database, providers, cache file
+    except BaseException:
+        # a component that failed to start (a bad cache file, a missing keys dir) must not
+        # leave those before it running: the cleanup contexts that entered exit, in reverse
+        await app.cleanup()
+        raise
     try:
         await web.TCPSite(runner, host, port).start()
     except BaseException:
