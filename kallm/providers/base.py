@@ -52,6 +52,14 @@ READ_BUFFER = 1024 * 1024
 
 # What describes the client's body as it arrived: kallm has decoded it (or re-encoded it).
 CLIENT_BODY = frozenset({"content-encoding"})
+# Headers that name or choose the account a call is paid from and whose stored state it
+# reads: under virtual keys that account is the server's, shared by every key, so no
+# client may name it (an OpenAI-Organization of the client's choosing next to the
+# server's key picks which organisation pays), and the client's own key stays here.
+ACCOUNT_HEADERS = frozenset(
+    {"authorization", "x-api-key", "api-key", "x-goog-api-key"}
+    | {"openai-organization", "openai-project"}
+)
 
 
 def forwardable(headers: Mapping[str, str], drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
@@ -63,6 +71,15 @@ def forwardable(headers: Mapping[str, str], drop: frozenset[str] = frozenset()) 
             continue
         out.add(name, value)
     return out
+
+
+def client_headers(
+    headers: Mapping[str, str], virtual_keys: bool, drop: frozenset[str] = frozenset()
+) -> CIMultiDict[str]:
+    """The client's headers as they may go upstream: under virtual keys, none that names
+    an account (``ACCOUNT_HEADERS``); with auth off the caller's own key and organisation
+    are theirs to send."""
+    return forwardable(headers, drop | ACCOUNT_HEADERS if virtual_keys else drop)
 
 
 @dataclass(frozen=True, slots=True)

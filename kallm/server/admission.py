@@ -24,6 +24,7 @@ from kallm.accounts.budget import Reservation
 from kallm.accounts.estimate import Estimate, estimate
 from kallm.accounts.keys import KeyRecord
 from kallm.accounts.pricing import PriceTable
+from kallm.accounts.shared import refuse_account_state
 from kallm.cache.scope import SERVER_TENANT
 from kallm.errors import (
     AuthenticationError,
@@ -72,8 +73,11 @@ class Admission:
         ceiling no bill may pass. (Computed only when needed: hits never need it.)"""
         assert self.payload is not None
         models = [route.model for route in self.routes]
-        images = b"image" in self.body  # no image part without the word: skip the walk
-        return estimate(prices, models, self.payload, len(self.body), images)
+        # no image or file part without one of these words: skip the walk
+        attached = any(word in self.body for word in (b"image", b"file", b"document"))
+        return estimate(
+            prices, models, self.payload, len(self.body), attached, self.path.route.name
+        )
 
     @property
     def model(self) -> str:
@@ -184,6 +188,7 @@ async def _admit_model(runtime: Runtime, request: web.Request, admitted: Admissi
         return
     if not allowed(runtime.router, key, model, admitted.routes):
         raise ModelNotAllowed(f"This key may not use the model '{model}'.", param="model")
+    refuse_account_state(payload, budgeted=key.budget_usd is not None)
     if admitted.path.route is COUNT_TOKENS:  # counting tokens is free: nothing to hold
         return
     admitted.estimate = admitted.bounds(runtime.prices)

@@ -112,6 +112,7 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
     app.router.add_post("/v1/responses", responses.responses)
     app.router.add_get("/v1/models", catalogue.models)
+    app.router.add_get("/v1/models/{model_id}", catalogue.one_model)
     app.router.add_get("/v1/kallm/usage", usage.own_usage)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough.passthrough)
     app.router.add_get("/health", ops.health)

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from kallm.accounts.keys import KeyRecord
-from kallm.errors import KallmError
+from kallm.errors import KallmError, ModelNotFound
 from kallm.providers.base import Provider
 from kallm.providers.native import provider_key
 from kallm.providers.router import Router
@@ -126,12 +126,33 @@ async def models(request: web.Request) -> web.StreamResponse:
     key = admission(request).key
     if not runtime.settings.providers and (key is None or key.models is None):
         return await relay(request, runtime.router.default, "/models", None)  # as it is
+    return web.json_response({"object": "list", "data": await _visible(request)})
+
+
+async def one_model(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/models/{id}``. Under virtual keys kallm answers it from what the key may
+    use: relayed, it would read the shared account's models (its fine-tunes included) with
+    the provider's key. With auth off, the caller's own key asks the provider."""
+    runtime = runtime_of(request)
+    model_id = request.match_info["model_id"]
+    if not runtime.virtual_keys:
+        path = admission(request).path.upstream_path
+        return await relay(request, runtime.router.default, path, None)
+    for item in await _visible(request):
+        if item["id"] == model_id:
+            return web.json_response(item)
+    raise ModelNotFound(f"The model '{model_id}' does not exist or this key may not use it.")
+
+
+async def _visible(request: web.Request) -> list[dict[str, Any]]:
+    """The models the request's key may use, as OpenAI lists them."""
+    runtime = runtime_of(request)
+    key = admission(request).key
     assert runtime.catalogue is not None
     listed = await runtime.catalogue.models()
     now = int(time.time())
-    data: list[dict[str, Any]] = [
+    return [
         {"id": model, "object": "model", "created": now, "owned_by": owner}
         for model, owner in listed
         if _usable(key, model, runtime.router)
     ]
-    return web.json_response({"object": "list", "data": data})

@@ -26,7 +26,7 @@ from kallm.cache.answers import served_answer, stored_answer, stored_usage
 from kallm.cache.semantic import Hit, Lookup
 from kallm.errors import KallmError, RequestError, UpstreamError, UpstreamTimeout
 from kallm.ids import random_hex
-from kallm.providers.base import ChatCall, Provider, StreamRelay, forwardable
+from kallm.providers.base import ChatCall, Provider, StreamRelay, client_headers, forwardable
 from kallm.providers.router import Route
 from kallm.providers.sse import DONE, StreamAssembler, event_data, iter_events, replay_events
 from kallm.server.admission import Admission, admission, settle_once
@@ -126,11 +126,12 @@ async def _relay(
     payload = admitted.payload
     assert payload is not None
     stream = payload.get("stream") is True
-    client_headers = request.headers
-    if runtime.virtual_keys:  # a virtual key is ours: the provider gets its own key
-        client_headers = forwardable(request.headers, frozenset({"authorization"}))
+    # a virtual key is ours: the provider gets its own key, and no account of the client's
+    forwarded: Any = request.headers
+    if runtime.virtual_keys:
+        forwarded = client_headers(request.headers, True)
     routes = admitted.routes
-    call = ChatCall(payload, routes[0].model, stream, client_headers, admitted.body)
+    call = ChatCall(payload, routes[0].model, stream, forwarded, admitted.body)
     started = time.perf_counter()
     deadline = deadline_of(request, runtime.settings.upstream_deadline)
     async with within(deadline):

@@ -31,7 +31,7 @@ from aiohttp import web
 from kallm.accounts.pricing import Usage
 from kallm.cache.semantic import Hit, Lookup
 from kallm.errors import KallmError, UpstreamError
-from kallm.providers.base import ChatCall, HttpCall, forwardable
+from kallm.providers.base import ChatCall, HttpCall, client_headers, forwardable
 from kallm.providers.router import Route
 from kallm.providers.sse import StreamAssembler, event_data, iter_events
 from kallm.server.admission import Admission, admission, settle_once
@@ -180,7 +180,9 @@ async def _relay(
             http = dialect.native_call(runtime, route, payload, admitted.body, request.headers)
             return await route.provider.send("POST", http.url, http.headers, http.data)
         chat = dialect.to_chat(payload)
-        headers = forwardable(request.headers, frozenset({"authorization", "x-api-key"}))
+        headers = client_headers(
+            request.headers, runtime.virtual_keys, frozenset({"authorization", "x-api-key"})
+        )
         call = ChatCall(chat, route.model, stream, headers)
         return await route.provider.open_chat(call)
 

@@ -25,7 +25,7 @@ from kallm.dialects.messages_stream import (
 )
 from kallm.dialects.scope import messages_view
 from kallm.providers import anthropic
-from kallm.providers.base import CLIENT_BODY, HttpCall, encode_payload, forwardable
+from kallm.providers.base import CLIENT_BODY, HttpCall, client_headers, encode_payload
 from kallm.providers.native import provider_key
 from kallm.providers.router import Route
 from kallm.server.admission import admission
@@ -48,7 +48,7 @@ class MessagesDialect:
     def native_call(
         self, runtime: Runtime, route: Route, payload: dict[str, Any], body: bytes, headers: Any
     ) -> HttpCall:
-        out = dict(forwardable(headers, _NOT_FORWARDED))
+        out = dict(client_headers(headers, runtime.virtual_keys, _NOT_FORWARDED))
         out.update(anthropic_auth(runtime, route, headers))
         out.setdefault("anthropic-version", anthropic.API_VERSION)
         out["content-type"] = "application/json"

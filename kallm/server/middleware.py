@@ -112,7 +112,8 @@ async def _answer(
         return web.Response(status=499, reason="Client Closed Request")
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        response = error_response(KallmError("internal error in kallm; see the server log"))
+        error = KallmError("internal error in kallm; see the server log")
+        response = error_response(error, dialect)
     record.status = response.status
     return response
 

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from kallm.accounts.pricing import Usage
 from kallm.errors import KallmError, RequestError
-from kallm.providers.base import CLIENT_BODY, Provider, encode_payload, forwardable
+from kallm.providers.base import CLIENT_BODY, Provider, client_headers, encode_payload, forwardable
 from kallm.providers.openai import authorization
 from kallm.server.admission import Admission, admission, settle_once
 from kallm.server.connections import read_body
@@ -139,7 +139,8 @@ async def relay(
     runs once the upstream's answer is all relayed, before the response ends."""
     runtime = runtime_of(request)
     if headers is None:
-        headers = forwardable(request.headers, CLIENT_BODY | {"authorization"})
+        headers = client_headers(request.headers, runtime.virtual_keys, CLIENT_BODY)
+        headers.popall("Authorization", None)
         client: Any = {} if runtime.virtual_keys else request.headers  # a virtual key is ours
         headers["Authorization"] = authorization(upstream, client)
     else:

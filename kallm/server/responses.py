@@ -24,7 +24,7 @@ from kallm.dialects.responses_stream import (
     replay_response_events,
 )
 from kallm.dialects.scope import responses_view
-from kallm.providers.base import CLIENT_BODY, HttpCall, encode_payload, forwardable
+from kallm.providers.base import CLIENT_BODY, HttpCall, client_headers, encode_payload
 from kallm.providers.openai import authorization
 from kallm.providers.router import Route
 from kallm.server.dialect import ChatTranslator, NativeAssembler, serve
@@ -43,7 +43,7 @@ class ResponsesDialect:
     def native_call(
         self, runtime: Runtime, route: Route, payload: dict[str, Any], body: bytes, headers: Any
     ) -> HttpCall:
-        out = dict(forwardable(headers, _NOT_FORWARDED))
+        out = dict(client_headers(headers, runtime.virtual_keys, _NOT_FORWARDED))
         client: Any = {} if runtime.virtual_keys else headers  # a virtual key is ours
         out["Authorization"] = authorization(route.provider, client)
         out["Content-Type"] = "application/json"
