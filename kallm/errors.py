@@ -29,7 +29,8 @@ shows them the same way it shows OpenAI's own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -171,3 +172,41 @@ class UpstreamLoop(UpstreamError):
 
 class EmbeddingError(KallmError):
     type = "embedding_error"
+
+
+# What reading a document of an unexpected shape raises: a list where an object was due
+# (unhashable, no .get), a missing key, a number where text was due, nesting too deep.
+MALFORMED = (TypeError, KeyError, AttributeError, ValueError, IndexError, RecursionError)
+
+
+@contextmanager
+def blamed_on_request(what: str) -> Iterator[None]:
+    """Reading the client's JSON (to translate it, to scope it) failed on its shape: a
+    400 naming ``what``, not a 500. Only around code that reads the request alone."""
+    try:
+        yield
+    except KallmError:
+        raise
+    except MALFORMED as exc:
+        raise RequestError(
+            f"{what} has a field of a shape kallm cannot read ({_brief(exc)})"
+        ) from None
+
+
+@contextmanager
+def blamed_on_upstream(provider: str) -> Iterator[None]:
+    """Reading the provider's answer (to translate it) failed on its shape: a 502 naming
+    the provider, not a 500. Only around code that reads the upstream's answer alone."""
+    try:
+        yield
+    except KallmError:
+        raise
+    except MALFORMED as exc:
+        raise UpstreamError(
+            f"provider {provider} answered in a shape kallm cannot read ({_brief(exc)})"
+        ) from None
+
+
+def _brief(exc: BaseException) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text[:160]

@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
-from kallm.errors import UpstreamError, UpstreamTimeout
+from kallm.errors import UpstreamError, UpstreamTimeout, blamed_on_request
 from kallm.providers.config import ProviderConfig
 
 log = logging.getLogger("kallm.providers")
@@ -189,7 +189,8 @@ class Provider:
             )
 
     async def open_chat(self, call: ChatCall) -> aiohttp.ClientResponse:
-        http = self.adapter.chat_call(self, call)
+        with blamed_on_request("the request"):
+            http = self.adapter.chat_call(self, call)
         return await self.send("POST", http.url, http.headers, http.data)
 
     @contextmanager

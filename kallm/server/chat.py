@@ -24,7 +24,14 @@ from aiohttp import web
 from kallm.accounts.pricing import Usage, plausible_counts
 from kallm.cache.answers import served_answer, stored_answer, stored_usage
 from kallm.cache.semantic import Hit, Lookup
-from kallm.errors import KallmError, RequestError, UpstreamError, UpstreamTimeout
+from kallm.errors import (
+    KallmError,
+    RequestError,
+    UpstreamError,
+    UpstreamTimeout,
+    blamed_on_request,
+    blamed_on_upstream,
+)
 from kallm.ids import random_hex
 from kallm.providers.base import ChatCall, Provider, StreamRelay, client_headers, forwardable
 from kallm.providers.router import Route
@@ -61,7 +68,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if runtime.settings.log_bodies:
         record.request_body = admitted.body.decode(errors="replace")
     controls = CacheControls.from_headers(request.headers)
-    key = await cache_key_of(payload, admitted.cache_tenant(controls.namespace), admitted.body)
+    with blamed_on_request("the request"):
+        key = await cache_key_of(payload, admitted.cache_tenant(controls.namespace), admitted.body)
     cache = runtime.semantic_cache
     if controls.lookup:
         lookup = await cache.lookup(
@@ -196,7 +204,8 @@ async def _relay_whole(
     record.upstream_seconds = time.perf_counter() - started
     if not whole:
         return await _relay_oversized(request, runtime, route, upstream, headers, data)
-    data = provider.adapter.answer(upstream.status, data, payload["model"])
+    with blamed_on_upstream(provider.name):
+        data = provider.adapter.answer(upstream.status, data, payload["model"])
     if upstream.status == 200:
         completion = await _completion_or_502(data, provider)
         record.usage = Usage.from_openai(completion.get("usage"))

@@ -30,7 +30,7 @@ from aiohttp import web
 
 from kallm.accounts.pricing import Usage
 from kallm.cache.semantic import Hit, Lookup
-from kallm.errors import KallmError, UpstreamError
+from kallm.errors import KallmError, UpstreamError, blamed_on_request, blamed_on_upstream
 from kallm.providers.base import ChatCall, HttpCall, client_headers, forwardable
 from kallm.providers.router import Route
 from kallm.providers.sse import StreamAssembler, event_data, iter_events
@@ -109,12 +109,14 @@ async def serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     record = request_log(request)
     if runtime.settings.log_bodies:
         record.request_body = admitted.body.decode(errors="replace")
-    view = dialect.view(payload)
+    with blamed_on_request("the request"):
+        view = dialect.view(payload)
     store: Lookup | None = None
     if view is not None:
         controls = CacheControls.from_headers(request.headers)
         tenant = admitted.cache_tenant(controls.namespace, dialect.name)
-        key = await cache_key_of(view, tenant, admitted.body)
+        with blamed_on_request("the request"):
+            key = await cache_key_of(view, tenant, admitted.body)
         lookup = Lookup(key)
         if controls.lookup:
             lookup = await runtime.semantic_cache.lookup(
@@ -179,7 +181,8 @@ async def _relay(
         if route.provider.kind == dialect.native_kind:
             http = dialect.native_call(runtime, route, payload, admitted.body, request.headers)
             return await route.provider.send("POST", http.url, http.headers, http.data)
-        chat = dialect.to_chat(payload)
+        with blamed_on_request("the request"):
+            chat = dialect.to_chat(payload)
         headers = client_headers(
             request.headers, runtime.virtual_keys, frozenset({"authorization", "x-api-key"})
         )
@@ -230,7 +233,8 @@ async def _whole(
     provider = call.route.provider
     status = call.response.status
     if not call.native:
-        body = provider.adapter.answer(status, body, payload["model"])
+        with blamed_on_upstream(provider.name):
+            body = provider.adapter.answer(status, body, payload["model"])
         status = provider.adapter.error_status(status)
     if status != 200:
         if not call.native:
@@ -241,13 +245,15 @@ async def _whole(
     if not call.native:
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
             raise UpstreamError(f"provider {provider.name} answered 200 without an answer")
-        usage = Usage.from_openai(answer.get("usage"))
-        answer = dialect.from_chat(answer, payload)
+        with blamed_on_upstream(provider.name):
+            usage = Usage.from_openai(answer.get("usage"))
+            answer = dialect.from_chat(answer, payload)
         body = compact(answer).encode()
     elif not dialect.is_answer(answer):
         raise UpstreamError(f"provider {provider.name} answered 200 without an answer")
     else:
-        usage = dialect.usage(answer)
+        with blamed_on_upstream(provider.name):
+            usage = dialect.usage(answer)
     record = request_log(request)
     _price(runtime, record, call.route, usage)
     await _remember(runtime, record, store, body)

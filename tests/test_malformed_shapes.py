@@ -1,0 +1,190 @@
+"""Fields of the wrong shape, from a client or from an upstream, on the translated routes.
+
+A list where an object was due, an object where text was due: reading such a request is
+the client's error (400 in its dialect), reading such an answer the provider's (502),
+never kallm's 500. Found by fuzzing the landed code: each case here answered 500.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from kallm.providers.config import ProviderConfig
+from tests.fake_anthropic import start_fake_anthropic
+from tests.fake_gemini import start_fake_gemini
+from tests.harness import Http, LoopThread, Proxy, stop
+
+OPENAI_ERROR_KEYS = {"message", "type", "param", "code"}
+
+
+def _openai_error(body: Any) -> bool:
+    return isinstance(body, dict) and set(body.get("error", {})) == OPENAI_ERROR_KEYS
+
+
+def _anthropic_error(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("type") == "error" and "message" in body["error"]
+
+
+class Scripted:
+    """An upstream that answers every POST with the body it is given (any shape)."""
+
+    def __init__(self) -> None:
+        self.body: bytes = b"{}"
+        self.app = web.Application()
+        self.app.router.add_route("POST", "/{tail:.*}", self._answer)
+
+    async def _answer(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.body, content_type="application/json")
+
+
+async def _start_scripted() -> tuple[Scripted, web.AppRunner, str]:
+    scripted = Scripted()
+    runner = web.AppRunner(scripted.app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return scripted, runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def translated(
+    loop_thread: LoopThread, make_proxy: Callable[..., Proxy]
+) -> Iterator[tuple[Http, Scripted]]:
+    """kallm with real Anthropic and Gemini fakes, and a scripted upstream of each kind."""
+    _a, a_runner, a_url = loop_thread.run(start_fake_anthropic())
+    _g, g_runner, g_url = loop_thread.run(start_fake_gemini())
+    scripted, s_runner, s_url = loop_thread.run(_start_scripted())
+    providers = (
+        ProviderConfig("anthropic", "anthropic", a_url, "sk-ant", None, ("claude-*",)),
+        ProviderConfig("gemini", "gemini", g_url + "/v1beta", "g-key", None, ("gemini-*",)),
+        ProviderConfig("bad-a", "anthropic", s_url, "k", None, ("bad-a-*",), max_retries=0),
+        ProviderConfig("bad-g", "gemini", s_url, "k", None, ("bad-g-*",), max_retries=0),
+        ProviderConfig("bad-o", "openai", s_url + "/v1", "k", None, ("bad-o-*",), max_retries=0),
+    )
+    proxy = make_proxy(providers=providers)
+    yield Http(proxy.root), scripted
+    for runner in (a_runner, g_runner, s_runner):
+        stop(loop_thread, runner)
+
+
+USER = [{"role": "user", "content": "hi"}]
+BAD_REQUESTS = [
+    (
+        "/v1/responses",
+        {"model": "claude-haiku-4-5", "input": "hi", "reasoning": {"effort": ["high"]}},
+    ),
+    (
+        "/v1/responses",
+        {"model": "gemini-2.5-flash", "input": "hi", "reasoning": {"effort": ["high"]}},
+    ),
+    (
+        "/v1/responses",
+        {
+            "model": "claude-haiku-4-5",
+            "input": "hi",
+            "tools": [{"type": "function", "name": "f"}],
+            "tool_choice": {"type": "function", "name": ["x"]},
+        },
+    ),
+    ("/v1/responses", {"model": "claude-haiku-4-5", "input": [5], "store": False}),
+    ("/v1/messages", {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [5]}),
+    ("/v1/messages", {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": {"role": "user"}}),
+    (
+        "/v1/messages",
+        {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 10,
+            "messages": USER,
+            "tools": [{"type": ["custom"], "name": "f", "input_schema": {}}],
+        },
+    ),
+    (
+        "/v1/messages",
+        {
+            "model": "gemini-2.5-flash",
+            "max_tokens": 10,
+            "messages": USER,
+            "output_config": {"effort": ["low"]},
+        },
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": "claude-haiku-4-5", "messages": USER, "reasoning_effort": ["high"]},
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": "gemini-2.5-flash", "messages": USER, "reasoning_effort": {}},
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), BAD_REQUESTS, ids=lambda v: json.dumps(v)[:60])
+def test_a_request_field_of_the_wrong_shape_is_a_400_in_the_callers_dialect(
+    translated: tuple[Http, Scripted], path: str, body: dict[str, Any]
+) -> None:
+    http, _scripted = translated
+    reply = http.post(path, body, headers={"x-api-key": "sk-client"})
+    assert reply.status == 400, reply.body[:300]
+    shaped = _anthropic_error if path == "/v1/messages" else _openai_error
+    assert shaped(reply.json()), reply.body[:300]
+
+
+BAD_ANSWERS = [
+    ("bad-a-1", b"[]"),
+    ("bad-a-1", json.dumps({"type": "message", "role": "assistant", "content": "x"}).encode()),
+    ("bad-a-1", json.dumps({"type": "message", "content": [5, None], "usage": [1]}).encode()),
+    ("bad-g-1", b"[]"),
+    ("bad-g-1", json.dumps({"candidates": [5]}).encode()),
+    ("bad-g-1", json.dumps({"candidates": [{"content": "x"}]}).encode()),
+]
+
+
+@pytest.mark.parametrize(("model", "answer"), BAD_ANSWERS, ids=lambda v: str(v)[:50])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses", "/v1/messages"])
+def test_an_upstream_answer_of_the_wrong_shape_is_a_502(
+    translated: tuple[Http, Scripted], path: str, model: str, answer: bytes
+) -> None:
+    http, scripted = translated
+    scripted.body = answer
+    body: dict[str, Any] = {"model": model}
+    if path == "/v1/responses":
+        body["input"] = "hi"
+    else:
+        body["messages"] = USER
+    if path == "/v1/messages":
+        body["max_tokens"] = 10
+    reply = http.post(path, body, headers={"Cache-Control": "no-store"})
+    if path == "/v1/messages" and model.startswith("bad-a"):
+        # Anthropic's own dialect: relayed as the provider wrote it (a 502 when it is no
+        # message at all), never a 500
+        assert reply.status in (200, 502), reply.body[:300]
+        return
+    assert reply.status == 502, reply.body[:300]
+    shaped = _anthropic_error if path == "/v1/messages" else _openai_error
+    assert shaped(reply.json()), reply.body[:300]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"choices": [5]},
+        {"choices": [{"index": 0, "message": "x", "finish_reason": "stop"}]},
+        {"choices": [{"index": 0, "message": {"role": "assistant", "tool_calls": "x"}}]},
+    ],
+    ids=lambda v: json.dumps(v)[:50],
+)
+def test_an_openai_answer_of_the_wrong_shape_is_a_502_on_messages(
+    translated: tuple[Http, Scripted], answer: dict[str, Any]
+) -> None:
+    http, scripted = translated
+    scripted.body = json.dumps({"id": "x", "object": "chat.completion", **answer}).encode()
+    body = {"model": "bad-o-1", "max_tokens": 10, "messages": USER}
+    reply = http.post("/v1/messages", body, headers={"Cache-Control": "no-store"})
+    assert reply.status == 502, reply.body[:300]
+    assert _anthropic_error(reply.json()), reply.body[:300]
