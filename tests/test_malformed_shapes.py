@@ -35,11 +35,19 @@ class Scripted:
 
     def __init__(self) -> None:
         self.body: bytes = b"{}"
+        self.content_type = "application/json"
         self.app = web.Application()
         self.app.router.add_route("POST", "/{tail:.*}", self._answer)
 
     async def _answer(self, _request: web.Request) -> web.Response:
-        return web.Response(body=self.body, content_type="application/json")
+        return web.Response(body=self.body, content_type=self.content_type)
+
+    def stream(self, *events: tuple[str, dict[str, Any]]) -> None:
+        """Answer with these Anthropic-style SSE events (name, data)."""
+        self.content_type = "text/event-stream"
+        self.body = b"".join(
+            f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events
+        )
 
 
 async def _start_scripted() -> tuple[Scripted, web.AppRunner, str]:
@@ -188,3 +196,84 @@ def test_an_openai_answer_of_the_wrong_shape_is_a_502_on_messages(
     reply = http.post("/v1/messages", body, headers={"Cache-Control": "no-store"})
     assert reply.status == 502, reply.body[:300]
     assert _anthropic_error(reply.json()), reply.body[:300]
+
+
+MESSAGE = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "bad-a-1",
+    "content": [],
+    "stop_reason": None,
+    "usage": {"input_tokens": 3, "output_tokens": 0},
+}
+START = ("message_start", {"type": "message_start", "message": MESSAGE})
+BLOCK = (
+    "content_block_start",
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+)
+TEXT = (
+    "content_block_delta",
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}},
+)
+END = [
+    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 2},
+        },
+    ),
+    ("message_stop", {"type": "message_stop"}),
+]
+
+
+def _streamed(http: Http, path: str, model: str) -> bytes:
+    body: dict[str, Any] = {"model": model, "stream": True}
+    if path == "/v1/responses":
+        body["input"] = "hi"
+    else:
+        body["messages"] = USER
+    if path == "/v1/messages":
+        body["max_tokens"] = 10
+    reply = http.post(path, body, headers={"Cache-Control": "no-store"})  # read to the end
+    assert reply.status == 200, reply.body[:300]
+    return reply.body
+
+
+def test_an_unreadable_event_in_a_native_stream_is_relayed_not_a_cut(
+    translated: tuple[Http, Scripted],
+) -> None:
+    http, scripted = translated
+    odd = (
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": None}},
+    )
+    scripted.stream(START, BLOCK, TEXT, odd, *END)
+    body = _streamed(http, "/v1/messages", "bad-a-1")
+    assert body.count(b"event: ") == 7 and b"message_stop" in body  # all of it, as written
+    assert b"event: error" not in body
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+def test_an_unreadable_event_in_a_translated_stream_ends_it_with_an_error(
+    translated: tuple[Http, Scripted], path: str
+) -> None:
+    http, scripted = translated
+    scripted.stream(("message_start", {"type": "message_start", "message": "x"}), TEXT, *END)
+    body = _streamed(http, path, "bad-a-1")
+    events = body.strip().split(b"\n\n")
+    assert any(b"error" in e for e in events[-2:]), body[-400:]  # the end says it broke
+
+
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/messages"])
+def test_a_stream_that_stops_without_its_end_says_so(
+    translated: tuple[Http, Scripted], path: str
+) -> None:
+    http, scripted = translated
+    scripted.stream(START, BLOCK, TEXT)  # no message_stop, no error: the upstream just stopped
+    body = _streamed(http, path, "bad-a-1")
+    tail = body.strip().split(b"\n\n")[-1]
+    assert b"error" in tail or b"response.failed" in tail, tail

@@ -234,6 +234,11 @@ class MessagesAssembler:
         elif kind == "error":
             self.error = data.get("error") or {"type": "api_error", "message": "stream error"}
 
+    @property
+    def ended(self) -> bool:
+        """``message_stop`` or an error came: the stream said how it ends."""
+        return self.complete or self.error is not None
+
     def _delta(self, index: int, delta: dict[str, Any]) -> None:
         block = self._blocks.setdefault(index, {})
         kind = delta.get("type")

@@ -315,6 +315,11 @@ class ResponsesAssembler:
             self.status, self.complete = "error", False
             self.error = {k: v for k, v in data.items() if k not in ("type", "sequence_number")}
 
+    @property
+    def ended(self) -> bool:
+        """A terminal event or an error came: the stream said how it ends."""
+        return self.status is not None
+
 
 # ---------------------------------------------------------------- replay
 

@@ -25,6 +25,7 @@ from kallm.accounts.pricing import Usage, plausible_counts
 from kallm.cache.answers import served_answer, stored_answer, stored_usage
 from kallm.cache.semantic import Hit, Lookup
 from kallm.errors import (
+    MALFORMED,
     KallmError,
     RequestError,
     UpstreamError,
@@ -320,8 +321,8 @@ async def _pump(
         assembler.done = False
         await _drain_for_usage(events, relay, assembler, provider)
         raise
-    except (KallmError, ValueError) as exc:
-        message = exc.message if isinstance(exc, KallmError) else f"bad stream event: {exc}"
+    except (KallmError, *MALFORMED) as exc:
+        message = exc.message if isinstance(exc, KallmError) else f"bad stream event: {exc}"[:200]
         record.note = f"stream broke: {message}"
         error = exc if isinstance(exc, KallmError) else UpstreamError(message)
         assembler.done = False

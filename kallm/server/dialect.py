@@ -30,7 +30,13 @@ from aiohttp import web
 
 from kallm.accounts.pricing import Usage
 from kallm.cache.semantic import Hit, Lookup
-from kallm.errors import KallmError, UpstreamError, blamed_on_request, blamed_on_upstream
+from kallm.errors import (
+    MALFORMED,
+    KallmError,
+    UpstreamError,
+    blamed_on_request,
+    blamed_on_upstream,
+)
 from kallm.providers.base import ChatCall, HttpCall, client_headers, forwardable
 from kallm.providers.router import Route
 from kallm.providers.sse import StreamAssembler, event_data, iter_events
@@ -49,6 +55,9 @@ _DROP_RESPONSE = frozenset({"content-encoding", "content-length"})
 
 class NativeAssembler(Protocol):
     complete: bool
+
+    @property
+    def ended(self) -> bool: ...
 
     def feed(self, event: str | None, data: dict[str, Any]) -> None: ...
 
@@ -294,12 +303,15 @@ async def _stream(
             if reader.complete:
                 await _settle_now(runtime, record, call.route, reader, admitted)
             await relay.write_all(outs)
+            if reader.cut_short:  # the client must not take a truncated answer for a whole one
+                record.note = "the upstream's stream ended before the answer did"
+                await relay.write_all([dialect.stream_error(record.note, reader.translator)])
     except TimeoutError:
         record.note = "stream cut at the deadline (upstream.deadline)"
         message = "the answer did not finish before the request's deadline"
         await relay.write_all([dialect.stream_error(message, reader.translator)])
-    except (KallmError, ValueError) as exc:
-        message = exc.message if isinstance(exc, KallmError) else f"bad stream event: {exc}"
+    except (KallmError, *MALFORMED) as exc:
+        message = exc.message if isinstance(exc, KallmError) else f"bad stream event: {exc}"[:200]
         record.note = f"stream broke: {message}"
         await relay.write_all([dialect.stream_error(message, reader.translator)])
     finally:
@@ -351,6 +363,7 @@ class _StreamReader:
         self.limit = limit
         self.relayed = 0
         self.assembler = dialect.assembler() if call.native else None
+        self.unreadable = False  # a native event kallm could not read: relayed, not kept
         self.chat = None if call.native else StreamAssembler()
         self.translator = None if call.native else dialect.translator(payload, body)
         self.chat_relay = (
@@ -361,10 +374,15 @@ class _StreamReader:
         raw, event, data = item
         self.relayed += len(raw)
         if self.assembler is not None:
-            if data is not None and data != b"[DONE]":
-                parsed = json.loads(data)
-                if isinstance(parsed, dict):
-                    self.assembler.feed(event, parsed)
+            if data is not None and data != b"[DONE]" and not self.unreadable:
+                try:
+                    parsed = json.loads(data)
+                    if isinstance(parsed, dict):
+                        self.assembler.feed(event, parsed)
+                except MALFORMED:
+                    # the provider's own dialect goes to the client as it wrote it; kallm
+                    # only stops assembling (not stored; billed by what was relayed)
+                    self.unreadable = True
             return [raw]
         assert self.chat_relay is not None
         return self._translated(self.chat_relay.feed(raw, event, data))
@@ -392,13 +410,24 @@ class _StreamReader:
 
     @property
     def complete(self) -> bool:
-        """The answer is whole, and small enough to keep."""
-        if self.relayed > self.limit:
+        """The answer is whole, and readable and small enough to keep."""
+        if self.unreadable or self.relayed > self.limit:
             return False
         if self.assembler is not None:
             return self.assembler.complete
         assert self.translator is not None and self.chat is not None
         return self.translator.complete and self.chat.complete
+
+    @property
+    def cut_short(self) -> bool:
+        """The stream stopped without saying how it ends (no final event, no error), as
+        far as kallm could read it: the client must not take it for a whole answer."""
+        if self.unreadable:
+            return False
+        if self.assembler is not None:
+            return not self.assembler.ended
+        assert self.translator is not None and self.chat is not None
+        return not (self.translator.complete and self.chat.complete)
 
     def answer(self) -> dict[str, Any]:
         if self.assembler is not None:
@@ -408,19 +437,25 @@ class _StreamReader:
 
     def usage(self, body_size: int) -> Usage:
         """What the upstream reported, else what was relayed, counted."""
-        if self.assembler is not None:
-            usage = self.dialect.usage(self.dialect.assembled(self.assembler))
-        else:
-            assert self.chat is not None
-            usage = Usage.from_openai(self.chat.usage)
-            if self.chat.usage is None and self.chat.relayed_chars:
-                return Usage(
-                    body_size // CHARS_PER_TOKEN,
-                    math.ceil(self.chat.relayed_chars / CHARS_PER_TOKEN),
-                )
+        try:
+            usage = self._reported(body_size)
+        except MALFORMED:  # a usage of strings or lists: no report
+            usage = Usage(0, 0)
         if usage.total_tokens == 0 and self.relayed:
             return Usage(body_size // CHARS_PER_TOKEN, math.ceil(self.relayed / CHARS_PER_TOKEN))
         return usage
+
+    def _reported(self, body_size: int) -> Usage:
+        if self.unreadable:
+            return Usage(0, 0)
+        if self.assembler is not None:
+            return self.dialect.usage(self.dialect.assembled(self.assembler))
+        assert self.chat is not None
+        if self.chat.usage is None and self.chat.relayed_chars:
+            return Usage(
+                body_size // CHARS_PER_TOKEN, math.ceil(self.chat.relayed_chars / CHARS_PER_TOKEN)
+            )
+        return Usage.from_openai(self.chat.usage)
 
 
 async def _settle_now(
