@@ -277,3 +277,28 @@ def test_a_stream_that_stops_without_its_end_says_so(
     body = _streamed(http, path, "bad-a-1")
     tail = body.strip().split(b"\n\n")[-1]
     assert b"error" in tail or b"response.failed" in tail, tail
+
+
+def test_an_openai_error_mid_stream_is_an_error_event_on_messages(
+    translated: tuple[Http, Scripted],
+) -> None:
+    """Claude Code through kallm to an OpenAI-kind provider: the provider's mid-stream
+    error must reach it as an error, not as a short answer followed by message_stop."""
+    http, scripted = translated
+    chunk = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "bad-o-1",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}],
+    }
+    failure = {"error": {"message": "overloaded", "type": "server_error"}}
+    scripted.content_type = "text/event-stream"
+    scripted.body = (
+        b"".join(b"data: " + json.dumps(d).encode() + b"\n\n" for d in (chunk, failure))
+        + b"data: [DONE]\n\n"
+    )
+    body = _streamed(http, "/v1/messages", "bad-o-1")
+    events = body.strip().split(b"\n\n")
+    assert b"event: error" in events[-1] and b"overloaded" in events[-1], body[-400:]
+    assert b"message_stop" not in body

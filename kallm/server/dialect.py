@@ -404,6 +404,8 @@ class _StreamReader:
                 out += self.translator.close()
                 continue
             chunk = json.loads(data)
+            if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+                raise UpstreamError(_stream_error_message(chunk["error"]))
             self.chat.feed(chunk)
             out += self.translator.feed(chunk)
         return out
@@ -456,6 +458,12 @@ class _StreamReader:
                 body_size // CHARS_PER_TOKEN, math.ceil(self.chat.relayed_chars / CHARS_PER_TOKEN)
             )
         return Usage.from_openai(self.chat.usage)
+
+
+def _stream_error_message(error: Any) -> str:
+    """An OpenAI-kind provider's mid-stream error, as one line for the client's dialect."""
+    message = error.get("message") if isinstance(error, dict) else error
+    return f"the provider's stream failed: {' '.join(str(message).split())[:300]}"
 
 
 async def _settle_now(
