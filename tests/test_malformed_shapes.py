@@ -143,6 +143,18 @@ def test_a_request_field_of_the_wrong_shape_is_a_400_in_the_callers_dialect(
     assert shaped(reply.json()), reply.body[:300]
 
 
+def _asking(path: str, model: str, stream: bool = False) -> dict[str, Any]:
+    """Saying "hi" to ``model`` in the dialect of ``path``."""
+    body: dict[str, Any] = {"model": model, "stream": stream}
+    if path == "/v1/responses":
+        body["input"] = "hi"
+    else:
+        body["messages"] = USER
+    if path == "/v1/messages":
+        body["max_tokens"] = 10
+    return body
+
+
 BAD_ANSWERS = [
     ("bad-a-1", b"[]"),
     ("bad-a-1", json.dumps({"type": "message", "role": "assistant", "content": "x"}).encode()),
@@ -160,14 +172,7 @@ def test_an_upstream_answer_of_the_wrong_shape_is_a_502(
 ) -> None:
     http, scripted = translated
     scripted.body = answer
-    body: dict[str, Any] = {"model": model}
-    if path == "/v1/responses":
-        body["input"] = "hi"
-    else:
-        body["messages"] = USER
-    if path == "/v1/messages":
-        body["max_tokens"] = 10
-    reply = http.post(path, body, headers={"Cache-Control": "no-store"})
+    reply = http.post(path, _asking(path, model), headers={"Cache-Control": "no-store"})
     if path == "/v1/messages" and model.startswith("bad-a"):
         # Anthropic's own dialect: relayed as the provider wrote it (a 502 when it is no
         # message at all), never a 500
@@ -231,13 +236,7 @@ END = [
 
 
 def _streamed(http: Http, path: str, model: str) -> bytes:
-    body: dict[str, Any] = {"model": model, "stream": True}
-    if path == "/v1/responses":
-        body["input"] = "hi"
-    else:
-        body["messages"] = USER
-    if path == "/v1/messages":
-        body["max_tokens"] = 10
+    body = _asking(path, model, stream=True)
     reply = http.post(path, body, headers={"Cache-Control": "no-store"})  # read to the end
     assert reply.status == 200, reply.body[:300]
     return reply.body

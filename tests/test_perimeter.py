@@ -478,6 +478,22 @@ ALIASES = (
 )
 
 
+def three_providers(
+    loop_thread: LoopThread, upstream: Upstream, runners: list[Any]
+) -> tuple[tuple[ProviderConfig, ...], FakeAnthropic, FakeGemini]:
+    """Fake Anthropic and Gemini started (their runners appended to ``runners``) beside the
+    OpenAI fake: ``gpt-*``/``o*`` to OpenAI, ``claude-*`` to Anthropic, ``gemini-*`` to Gemini."""
+    anthropic, a_runner, a_url = loop_thread.run(start_fake_anthropic())
+    gemini, g_runner, g_url = loop_thread.run(start_fake_gemini())
+    runners.extend([a_runner, g_runner])
+    providers = (
+        ProviderConfig("openai", "openai", upstream.url, "sk-openai", None, ("gpt-*", "o*")),
+        ProviderConfig("anthropic", "anthropic", a_url, "sk-ant", None, ("claude-*",)),
+        ProviderConfig("gemini", "gemini", g_url, "g-key", None, ("gemini-*",)),
+    )
+    return providers, anthropic, gemini
+
+
 @pytest.fixture
 def make_fleet(
     loop_thread: LoopThread, upstream: Upstream, make_proxy: Callable[..., Proxy]
@@ -485,14 +501,7 @@ def make_fleet(
     runners = []
 
     def make(**overrides: Any) -> Fleet:
-        anthropic, a_runner, a_url = loop_thread.run(start_fake_anthropic())
-        gemini, g_runner, g_url = loop_thread.run(start_fake_gemini())
-        runners.extend([a_runner, g_runner])
-        providers = (
-            ProviderConfig("openai", "openai", upstream.url, "sk-openai", None, ("gpt-*", "o*")),
-            ProviderConfig("anthropic", "anthropic", a_url, "sk-ant", None, ("claude-*",)),
-            ProviderConfig("gemini", "gemini", g_url, "g-key", None, ("gemini-*",)),
-        )
+        providers, anthropic, gemini = three_providers(loop_thread, upstream, runners)
         proxy = make_proxy(providers=providers, aliases=ALIASES, **overrides)
         return Fleet(proxy, upstream, gemini, anthropic)
 

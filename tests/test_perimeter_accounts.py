@@ -24,10 +24,9 @@ from typing import Any
 
 import pytest
 
-from kallm.providers.config import ProviderConfig
-from tests.fake_anthropic import FakeAnthropic, start_fake_anthropic
+from tests.fake_anthropic import FakeAnthropic
 from tests.fake_base import FakeServer
-from tests.fake_gemini import FakeGemini, start_fake_gemini
+from tests.fake_gemini import FakeGemini
 from tests.harness import LoopThread, Proxy, Upstream, stop
 from tests.test_perimeter import (
     ADMIN,
@@ -42,6 +41,7 @@ from tests.test_perimeter import (
     received_nothing,
     settled_spend,
     spend_of,
+    three_providers,
     wait_for,
 )
 
@@ -77,14 +77,7 @@ def make_fleet(
     runners = []
 
     def make(auth: str = "virtual-keys", **overrides: Any) -> Fleet:
-        anthropic, a_runner, a_url = loop_thread.run(start_fake_anthropic())
-        gemini, g_runner, g_url = loop_thread.run(start_fake_gemini())
-        runners.extend([a_runner, g_runner])
-        providers = (
-            ProviderConfig("openai", "openai", upstream.url, "sk-openai", None, ("gpt-*", "o*")),
-            ProviderConfig("anthropic", "anthropic", a_url, "sk-ant", None, ("claude-*",)),
-            ProviderConfig("gemini", "gemini", g_url, "g-key", None, ("gemini-*",)),
-        )
+        providers, anthropic, gemini = three_providers(loop_thread, upstream, runners)
         if auth == "virtual-keys":
             overrides = {"db_path": tmp_path / "kallm.db", "admin_key": ADMIN, **overrides}
         proxy = make_proxy(providers=providers, auth=auth, **overrides)
