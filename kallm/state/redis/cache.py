@@ -50,6 +50,7 @@ REBUILD_BATCH = 500
 HOUSEKEEPING_SECONDS = 1.0
 STREAM_MIN, STREAM_MAX = 1_000, 10_000
 _PUT = Script("cache_put")
+SHARE_BATCH = 500  # entries written back per pipelined round trip after an outage
 _TOUCH = Script("cache_touch")
 
 
@@ -186,6 +187,10 @@ class RedisCache:
 
     def _put_script(self, entry: Entry) -> Any:
         """The put, as a coroutine for ``RedisState.call``."""
+        return _PUT(self.state.client, *self._put_call(entry))
+
+    def _put_call(self, entry: Entry) -> tuple[list[str], list[Any]]:
+        """The put script's keys and arguments for ``entry``."""
         ttl_ms = max(1, int((entry.expires_at - time.time()) * 1000))  # what is left of it
         args = [
             entry.exact,
@@ -197,7 +202,7 @@ class RedisCache:
             self.replica,
         ]
         keys = [self._entry_key(entry.exact), *self._keys]
-        return _PUT(self.state.client, keys, args)
+        return keys, args
 
     async def _share_local(self, redis_is_empty: bool) -> None:
         """Before reading Redis back: entries put here while it was away, or, when Redis
@@ -206,9 +211,11 @@ class RedisCache:
         entries = list(self.local.entries()) if redis_is_empty else self._unshared
         self._unshared = []
         now = time.time()
-        for entry in entries:
-            if entry.expires_at > now:
-                await self.state.call(self._put_script(entry))
+        live = [entry for entry in entries if entry.expires_at > now]
+        for start in range(0, len(live), SHARE_BATCH):
+            calls = [self._put_call(entry) for entry in live[start : start + SHARE_BATCH]]
+            await self.state.call(_PUT.many(self.state.client, calls))
+            await asyncio.sleep(0)  # a large cache must not hold the event loop
         if entries and redis_is_empty:
             log.warning(
                 "cache: Redis came back without kallm's entries (restarted without "
