@@ -29,8 +29,8 @@ shows them the same way it shows OpenAI's own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 
@@ -179,34 +179,36 @@ class EmbeddingError(KallmError):
 MALFORMED = (TypeError, KeyError, AttributeError, ValueError, IndexError, RecursionError)
 
 
-@contextmanager
-def blamed_on_request(what: str) -> Iterator[None]:
+def blamed_on_request() -> AbstractContextManager[None]:
     """Reading the client's JSON (to translate it, to scope it) failed on its shape: a
-    400 naming ``what``, not a 500. Only around code that reads the request alone."""
-    try:
-        yield
-    except KallmError:
-        raise
-    except MALFORMED as exc:
-        raise RequestError(
-            f"{what} has a field of a shape kallm cannot read ({_brief(exc)})"
-        ) from None
+    400, not a 500. Only around code that reads the request alone."""
+    return _reading(
+        lambda why: RequestError(f"the request has a field of a shape kallm cannot read ({why})")
+    )
 
 
-@contextmanager
-def blamed_on_upstream(provider: str) -> Iterator[None]:
+def blamed_on_upstream(provider: str) -> AbstractContextManager[None]:
     """Reading the provider's answer (to translate it) failed on its shape: a 502 naming
     the provider, not a 500. Only around code that reads the upstream's answer alone."""
+    return _reading(
+        lambda why: UpstreamError(
+            f"provider {provider} answered in a shape kallm cannot read ({why})"
+        )
+    )
+
+
+@contextmanager
+def _reading(blame: Callable[[str], KallmError]) -> Iterator[None]:
+    """Turn a ``MALFORMED`` failure into ``blame``'s error; kallm's own errors pass."""
     try:
         yield
     except KallmError:
         raise
     except MALFORMED as exc:
-        raise UpstreamError(
-            f"provider {provider} answered in a shape kallm cannot read ({_brief(exc)})"
-        ) from None
+        raise blame(brief(exc)) from None
 
 
-def _brief(exc: BaseException) -> str:
+def brief(exc: BaseException) -> str:
+    """An exception as one short line, for a client's error message."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     return text[:160]

@@ -91,6 +91,13 @@ def estimate(
     return Estimate(tokens, usd, ceiling_prompt, ceiling_output, ceiling_usd)
 
 
+def mentions(body: bytes, *words: bytes) -> bool:
+    """Whether the JSON ``body`` may hold one of ``words`` (a key or a value): a walk of the
+    parsed body is skipped when it cannot find anything. A ``\\u`` escape can spell any
+    word without its bytes (``"typ\\u0065"``), so a body with one is always walked."""
+    return b"\\u" in body or any(word in body for word in words)
+
+
 def answers_per_call(payload: Mapping[str, Any]) -> int:
     """How many answers one call produces: ``n`` (or legacy ``best_of``, generated even
     when fewer are returned) times the prompts of a legacy completions batch."""

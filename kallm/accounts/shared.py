@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from kallm.accounts.estimate import mentions
 from kallm.errors import PermissionDenied
 
 # Top-level fields that continue or reuse state stored in the provider account.
@@ -32,18 +33,21 @@ class AccountStateRefused(PermissionDenied):
     code = "account_state_not_allowed"
 
 
-def refuse_account_state(payload: dict[str, Any], budgeted: bool) -> None:
-    """Raise ``AccountStateRefused`` when ``payload`` reaches the shared account's state
-    (or, for a key with a budget, a tool with fees kallm cannot price)."""
+def refuse_account_state(payload: dict[str, Any], body: bytes, budgeted: bool) -> None:
+    """Raise ``AccountStateRefused`` when ``payload`` (parsed from ``body``) reaches the
+    shared account's state (or, for a key with a budget, a tool with fees kallm cannot
+    price). Every keyed request passes here: the whole-body walk runs only when the body
+    may name a stored object (a long conversation is not walked for nothing)."""
     for name in _STATEFUL_FIELDS:
         if payload.get(name) not in (None, "", [], {}):
             raise _refused(name, "continues or reuses state stored in the provider account")
     prompt = payload.get("prompt")
     if isinstance(prompt, dict) and "id" in prompt:
         raise _refused("prompt", "names a prompt stored in the provider account")
-    for key in _keys_anywhere(payload):
-        if key in _STORED_OBJECT_KEYS:
-            raise _refused(key, "names an object stored in the provider account")
+    if mentions(body, *(key.encode() for key in _STORED_OBJECT_KEYS)):
+        for key in _keys_anywhere(payload):
+            if key in _STORED_OBJECT_KEYS:
+                raise _refused(key, "names an object stored in the provider account")
     for tool in _tool_types(payload):
         if tool.startswith(_STATEFUL_TOOLS):
             raise _refused("tools", f"the hosted tool '{tool}' reads the provider account")

@@ -189,7 +189,7 @@ class Provider:
             )
 
     async def open_chat(self, call: ChatCall) -> aiohttp.ClientResponse:
-        with blamed_on_request("the request"):
+        with blamed_on_request():
             http = self.adapter.chat_call(self, call)
         return await self.send("POST", http.url, http.headers, http.data)
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from kallm.accounts.budget import Reservation
-from kallm.accounts.estimate import Estimate, estimate
+from kallm.accounts.estimate import Estimate, estimate, mentions
 from kallm.accounts.keys import KeyRecord
 from kallm.accounts.pricing import PriceTable
 from kallm.accounts.shared import refuse_account_state
@@ -73,8 +73,7 @@ class Admission:
         ceiling no bill may pass. (Computed only when needed: hits never need it.)"""
         assert self.payload is not None
         models = [route.model for route in self.routes]
-        # no image or file part without one of these words: skip the walk
-        attached = any(word in self.body for word in (b"image", b"file", b"document"))
+        attached = mentions(self.body, b"image", b"file", b"document")
         return estimate(
             prices, models, self.payload, len(self.body), attached, self.path.route.name
         )
@@ -188,7 +187,7 @@ async def _admit_model(runtime: Runtime, request: web.Request, admitted: Admissi
         return
     if not allowed(runtime.router, key, model, admitted.routes):
         raise ModelNotAllowed(f"This key may not use the model '{model}'.", param="model")
-    refuse_account_state(payload, budgeted=key.budget_usd is not None)
+    refuse_account_state(payload, admitted.body, budgeted=key.budget_usd is not None)
     if admitted.path.route is COUNT_TOKENS:  # counting tokens is free: nothing to hold
         return
     admitted.estimate = admitted.bounds(runtime.prices)

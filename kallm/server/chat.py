@@ -32,6 +32,7 @@ from kallm.errors import (
     UpstreamTimeout,
     blamed_on_request,
     blamed_on_upstream,
+    brief,
 )
 from kallm.ids import random_hex
 from kallm.providers.base import ChatCall, Provider, StreamRelay, client_headers, forwardable
@@ -69,7 +70,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if runtime.settings.log_bodies:
         record.request_body = admitted.body.decode(errors="replace")
     controls = CacheControls.from_headers(request.headers)
-    with blamed_on_request("the request"):
+    with blamed_on_request():
         key = await cache_key_of(payload, admitted.cache_tenant(controls.namespace), admitted.body)
     cache = runtime.semantic_cache
     if controls.lookup:
@@ -322,7 +323,7 @@ async def _pump(
         await _drain_for_usage(events, relay, assembler, provider)
         raise
     except (KallmError, *MALFORMED) as exc:
-        message = exc.message if isinstance(exc, KallmError) else f"bad stream event: {exc}"[:200]
+        message = exc.message if isinstance(exc, KallmError) else f"bad stream event: {brief(exc)}"
         record.note = f"stream broke: {message}"
         error = exc if isinstance(exc, KallmError) else UpstreamError(message)
         assembler.done = False

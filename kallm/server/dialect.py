@@ -36,6 +36,7 @@ from kallm.errors import (
     UpstreamError,
     blamed_on_request,
     blamed_on_upstream,
+    brief,
 )
 from kallm.providers.base import ChatCall, HttpCall, client_headers, forwardable
 from kallm.providers.router import Route
@@ -118,13 +119,13 @@ async def serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     record = request_log(request)
     if runtime.settings.log_bodies:
         record.request_body = admitted.body.decode(errors="replace")
-    with blamed_on_request("the request"):
+    with blamed_on_request():
         view = dialect.view(payload)
     store: Lookup | None = None
     if view is not None:
         controls = CacheControls.from_headers(request.headers)
         tenant = admitted.cache_tenant(controls.namespace, dialect.name)
-        with blamed_on_request("the request"):
+        with blamed_on_request():
             key = await cache_key_of(view, tenant, admitted.body)
         lookup = Lookup(key)
         if controls.lookup:
@@ -190,7 +191,7 @@ async def _relay(
         if route.provider.kind == dialect.native_kind:
             http = dialect.native_call(runtime, route, payload, admitted.body, request.headers)
             return await route.provider.send("POST", http.url, http.headers, http.data)
-        with blamed_on_request("the request"):
+        with blamed_on_request():
             chat = dialect.to_chat(payload)
         headers = client_headers(
             request.headers, runtime.virtual_keys, frozenset({"authorization", "x-api-key"})
@@ -311,7 +312,7 @@ async def _stream(
         message = "the answer did not finish before the request's deadline"
         await relay.write_all([dialect.stream_error(message, reader.translator)])
     except (KallmError, *MALFORMED) as exc:
-        message = exc.message if isinstance(exc, KallmError) else f"bad stream event: {exc}"[:200]
+        message = exc.message if isinstance(exc, KallmError) else f"bad stream event: {brief(exc)}"
         record.note = f"stream broke: {message}"
         await relay.write_all([dialect.stream_error(message, reader.translator)])
     finally:
@@ -417,8 +418,7 @@ class _StreamReader:
             return False
         if self.assembler is not None:
             return self.assembler.complete
-        assert self.translator is not None and self.chat is not None
-        return self.translator.complete and self.chat.complete
+        return self._translated_whole()
 
     @property
     def cut_short(self) -> bool:
@@ -428,8 +428,11 @@ class _StreamReader:
             return False
         if self.assembler is not None:
             return not self.assembler.ended
+        return not self._translated_whole()
+
+    def _translated_whole(self) -> bool:
         assert self.translator is not None and self.chat is not None
-        return not (self.translator.complete and self.chat.complete)
+        return self.translator.complete and self.chat.complete
 
     def answer(self) -> dict[str, Any]:
         if self.assembler is not None:

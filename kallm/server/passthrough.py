@@ -139,8 +139,9 @@ async def relay(
     runs once the upstream's answer is all relayed, before the response ends."""
     runtime = runtime_of(request)
     if headers is None:
-        headers = client_headers(request.headers, runtime.virtual_keys, CLIENT_BODY)
-        headers.popall("Authorization", None)
+        headers = client_headers(
+            request.headers, runtime.virtual_keys, CLIENT_BODY | {"authorization"}
+        )
         client: Any = {} if runtime.virtual_keys else request.headers  # a virtual key is ours
         headers["Authorization"] = authorization(upstream, client)
     else:
