@@ -8,9 +8,11 @@ less per request and leaves more of the machine to the upstream, the relay and
 kallm; its req/s figures are the closer ones to what kallm can do, and the
 ratios the targets use compare servers measured under the same load generator.
 
-One run starts three servers, each in its own process on a free loopback port
+One run starts four servers, each in its own process on a free loopback port
 (``kallm.bench.procs``): the simulated upstream answering at once, the bare
-aiohttp relay (``scripts/bare_relay.py``, the floor for any Python proxy) and
+aiohttp relay (``scripts/bare_relay.py``, the floor for any Python proxy), the
+floor cache (``scripts/floor_cache.py``: the relay plus only the parsing, embedding,
+search and storing any semantic cache must do, with kallm's embedder and index) and
 kallm (``python -m kallm serve``, an empty cache, the local embedder). Then,
 in ``--rounds`` interleaved rounds, one ``wrk -t1 -cC -dD --latency`` per cell
 and concurrency, with ``scripts/bench_wrk.lua`` building the requests:
@@ -19,13 +21,15 @@ and concurrency, with ``scripts/bench_wrk.lua`` building the requests:
 - relay: the same traffic through the bare relay;
 - kallm miss: the same traffic through kallm (a new prompt is always a miss);
 - kallm exact hit: one prompt, cached before the cell, through kallm;
+- floor miss, floor exact hit: the same two through the floor cache;
 
-at each ``--concurrency`` (default 10,32), and direct, relay and kallm miss at
-c=1 for the latency kallm adds. Any non-200 answer, socket error or unexpected
-X-Kallm-Cache header fails the run (exit 1); a missed target is only reported,
-since speed on a shared machine is noisy.
+at each ``--concurrency`` (default 10,32), and direct, relay and both misses at
+c=1 for the latency kallm adds. The floor cells say how much of kallm's distance
+from the relay is the job itself and how much is kallm. Any non-200 answer, socket
+error or unexpected X-Kallm-Cache header fails the run (exit 1); a missed target is
+only reported, since speed on a shared machine is noisy.
 
-    python scripts/bench_wrk.py                        # ~1 minute: 11 cells of 5 s
+    python scripts/bench_wrk.py                        # ~1.5 minutes: 16 cells of 5 s
     python scripts/bench_wrk.py --rounds 3 --json bench-results/wrk.json
     python scripts/bench_wrk.py --duration 1s --concurrency 2 --warmup 0s   # smoke
 """
@@ -66,13 +70,13 @@ from kallm.config import parse_duration  # noqa: E402
 LUA = ROOT / "scripts" / "bench_wrk.lua"
 JSON_MARKER = "WRK_JSON "
 LATENCY_LEVEL = 1  # added latency is read where nothing queues
-LATENCY_CELLS = ("direct", "relay", "kallm miss")
-CELL_ORDER = ("direct", "relay", "kallm miss", "kallm exact hit")
+LATENCY_CELLS = ("direct", "relay", "kallm miss", "floor miss")
+CELL_ORDER = ("direct", "relay", "kallm miss", "kallm exact hit", "floor miss", "floor exact hit")
 DATA_FILES = ("cache.kallm", "cache.kallm.journal", "kallm.db", "kallm.db-wal", "kallm.db-shm")
 HIT_PROMPT = "How do I rotate the logs of a service that never closes its files?"
 WARMUP_CONNECTIONS = 10
 WRK_GRACE = 20.0  # seconds past --duration before a wrk run counts as hung
-START_ESTIMATE = 10.0  # seconds the three servers usually take to answer (kallm's embedder)
+START_ESTIMATE = 10.0  # seconds the servers usually take to answer (the embedders load)
 RATIO_TARGET = 0.8
 ADDED_P50_TARGET_MS = 0.5
 MISS_VS_RELAY_LEVELS = (10, 32)  # where issue 15 sets miss req/s >= 0.8 x relay req/s
@@ -116,7 +120,7 @@ def chat_body(prompt: str) -> bytes:
 async def start_servers(
     work: Path, children: list[procs.Child], console: Console
 ) -> dict[str, str]:
-    """Upstream, bare relay and kallm; each is in ``children`` as soon as it runs."""
+    """Upstream, bare relay, floor cache and kallm; each is in ``children`` once it runs."""
 
     async def spawn(
         name: str, args: list[str], ready: str, env: dict[str, str] | None = None
@@ -135,6 +139,8 @@ async def start_servers(
     base = upstream.root + "/v1"
     relay_args = [str(ROOT / "scripts" / "bare_relay.py"), "--upstream", base, "--port", "{port}"]
     relay = await spawn("bare-relay", relay_args, "/v1/models")  # any answer, a 405 too
+    floor_args = [str(ROOT / "scripts" / "floor_cache.py"), "--upstream", base, "--port", "{port}"]
+    floor = await spawn("floor-cache", floor_args, "/v1/models")
     # every miss of the run fits in the cache: none evicts the hit prompt
     config = write_kallm_config(work, base, work / "cache.kallm")
     kallm = await spawn(
@@ -150,23 +156,28 @@ async def start_servers(
         "upstream": upstream.root + path,
         "relay": relay.root + path,
         "kallm": kallm.root + path,
+        "floor": floor.root + path,
     }
 
 
 def cells_for(urls: dict[str, str]) -> list[Cell]:
-    """The four kinds of traffic, in CELL_ORDER: the same misses go direct, relayed, to kallm."""
+    """The kinds of traffic, in CELL_ORDER: the same misses go direct, relayed, to kallm and
+    to the floor cache."""
     return [
         Cell(CELL_ORDER[0], urls["upstream"], "random", "-"),
         Cell(CELL_ORDER[1], urls["relay"], "random", "-"),
         Cell(CELL_ORDER[2], urls["kallm"], "random", "MISS"),
         Cell(CELL_ORDER[3], urls["kallm"], "fixed", "HIT"),
+        Cell(CELL_ORDER[4], urls["floor"], "random", "MISS"),
+        Cell(CELL_ORDER[5], urls["floor"], "fixed", "HIT"),
     ]
 
 
 async def prime_exact_hit(url: str, attempts: int = 40) -> None:
     """Send HIT_PROMPT until kallm answers it from the cache, so the hit cell is all hits.
 
-    kallm may store a miss's answer just after replying, so the second call can still miss.
+    kallm (and the floor cache) may store a miss's answer just after replying, so the second
+    call can still miss.
     """
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {SIMULATED_KEY}"}
     timeout = aiohttp.ClientTimeout(total=10)
@@ -179,7 +190,7 @@ async def prime_exact_hit(url: str, attempts: int = 40) -> None:
                 if response.headers.get("X-Kallm-Cache") == "HIT":
                     return
             await asyncio.sleep(0.05)
-    raise RuntimeError(f"kallm never answered the primed prompt with X-Kallm-Cache: HIT ({url})")
+    raise RuntimeError(f"{url} never answered the primed prompt with X-Kallm-Cache: HIT")
 
 
 def wrk_command(wrk: str, cell: Cell, level: int, seconds: int, seed: int) -> list[str]:
@@ -318,7 +329,8 @@ def summarize(name: str, level: int, rows: list[dict[str, Any]]) -> dict[str, An
 
 
 def targets(cells: list[dict[str, Any]], concurrency: list[int]) -> list[dict[str, Any]]:
-    """Issue 15's ratios: miss/relay and exact hit/direct req/s, and the p50 kallm adds at c=1.
+    """Issue 15's ratios: miss/relay and exact hit/direct req/s, and the p50 kallm adds at c=1;
+    beside them, kallm against the floor cache and the floor against the relay and direct.
 
     The ratios are given at every level measured; the target applies where the issue sets it.
     """
@@ -328,6 +340,10 @@ def targets(cells: list[dict[str, Any]], concurrency: list[int]) -> list[dict[st
         for num, den, label, levels in (
             ("kallm miss", "relay", "miss / relay req/s", MISS_VS_RELAY_LEVELS),
             ("kallm exact hit", "direct", "exact hit / direct req/s", HIT_VS_DIRECT_LEVELS),
+            ("floor miss", "relay", "floor miss / relay req/s", ()),
+            ("floor exact hit", "direct", "floor exact hit / direct req/s", ()),
+            ("kallm miss", "floor miss", "kallm miss / floor miss req/s", ()),
+            ("kallm exact hit", "floor exact hit", "kallm hit / floor hit req/s", ()),
         ):
             value = by[num, level]["rps"] / by[den, level]["rps"]
             applies = level in levels
@@ -340,7 +356,7 @@ def targets(cells: list[dict[str, Any]], concurrency: list[int]) -> list[dict[st
                 }
             )
     direct = by["direct", LATENCY_LEVEL]["p50_ms"]
-    for name, applies in (("kallm miss", True), ("relay", False)):
+    for name, applies in (("kallm miss", True), ("relay", False), ("floor miss", False)):
         added = by[name, LATENCY_LEVEL]["p50_ms"] - direct
         rows.append(
             {
@@ -397,7 +413,8 @@ async def run(opts: Options, wrk: str, console: Console) -> dict[str, Any]:
         try:
             console.print(f"starting upstream, bare relay and kallm (logs in {work})")
             urls = await start_servers(work, children, console)
-            await prime_exact_hit(urls["kallm"])
+            for name in ("kallm", "floor"):
+                await prime_exact_hit(urls[name])
             cells = await measure(wrk, cells_for(urls), opts, work / "wrk.log", console)
         finally:
             for child in reversed(children):
@@ -416,6 +433,7 @@ async def run(opts: Options, wrk: str, console: Console) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "upstream": "simulated, 0 ms per answer",
             "kallm_cache": "empty at start, local embedder",
+            "floor_cache": "scripts/floor_cache.py, empty at start, the same embedder",
             "log_dir": str(work),
             "seconds": round(time.perf_counter() - started, 1),
         },
@@ -426,8 +444,9 @@ async def run(opts: Options, wrk: str, console: Console) -> dict[str, Any]:
 
 def estimate(opts: Options) -> float:
     """Seconds the run will take: the wrk runs are fixed-length, the start is a guess."""
-    steps = len(plan(cells_for({"upstream": "", "relay": "", "kallm": ""}), opts.concurrency))
-    return START_ESTIMATE + 4 * opts.warmup + steps * opts.rounds * opts.duration
+    urls = dict.fromkeys(("upstream", "relay", "kallm", "floor"), "")
+    steps = len(plan(cells_for(urls), opts.concurrency))
+    return START_ESTIMATE + len(CELL_ORDER) * opts.warmup + steps * opts.rounds * opts.duration
 
 
 def whole_seconds(text: str) -> int:

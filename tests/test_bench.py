@@ -73,7 +73,7 @@ def test_bench_run_rejects_a_bad_latency(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="scripts/bench_wrk.py needs wrk")
 def test_bench_wrk_reports_every_cell(tmp_path: Path) -> None:
-    """scripts/bench_wrk.py at its smallest (~10 s): every cell answered, all 200s, no errors."""
+    """scripts/bench_wrk.py at its smallest (~15 s): every cell answered, all 200s, no errors."""
     out = tmp_path / "wrk.json"
     command = [sys.executable, str(ROOT / "scripts" / "bench_wrk.py"), "--duration", "1s"]
     command += ["--concurrency", "2", "--warmup", "0s", "--json", str(out)]
@@ -81,8 +81,9 @@ def test_bench_wrk_reports_every_cell(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     cells = {(c["name"], c["concurrency"]): c for c in report["cells"]}
-    expected = {(n, 1) for n in ("direct", "relay", "kallm miss")}
-    expected |= {(n, 2) for n in ("direct", "relay", "kallm miss", "kallm exact hit")}
+    expected = {(n, 1) for n in ("direct", "relay", "kallm miss", "floor miss")}
+    at_two = ("direct", "relay", "kallm miss", "kallm exact hit", "floor miss", "floor exact hit")
+    expected |= {(n, 2) for n in at_two}
     assert set(cells) == expected
     for cell in cells.values():
         assert cell["rps"] > 0 and cell["requests"] > 0, cell
@@ -90,6 +91,7 @@ def test_bench_wrk_reports_every_cell(tmp_path: Path) -> None:
         assert 0 < cell["p50_ms"] <= cell["p90_ms"] <= cell["p99_ms"]
     measures = [t["measure"] for t in report["targets"]]
     assert "p50 added to direct c=1, kallm miss (ms)" in measures
+    assert "kallm miss / floor miss req/s c=2" in measures
     assert "issue 15 targets" in result.stdout
 
 
