@@ -14,6 +14,7 @@ from typing import Any
 
 _FRESH_FIELDS = ("id", "created")
 _USAGE = b'"usage":'
+_DECODER = json.JSONDecoder()  # one for every hit: making one cost as much as the decoding
 
 
 def stored_answer(completion: dict[str, Any]) -> bytes:
@@ -41,7 +42,7 @@ def stored_usage(stored: bytes) -> Any:
         return None
     try:
         tail = stored[at + len(_USAGE) :].decode().lstrip()
-        usage, _ = json.JSONDecoder().raw_decode(tail)
+        usage, _ = _DECODER.raw_decode(tail)
     except (ValueError, UnicodeDecodeError):
         return None
     return usage

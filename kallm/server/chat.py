@@ -71,7 +71,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         record.request_body = admitted.body.decode(errors="replace")
     controls = CacheControls.from_headers(request.headers)
     with blamed_on_request():
-        key = await cache_key_of(payload, admitted.cache_tenant(controls.namespace), admitted.body)
+        tenant = admitted.cache_tenant(controls.namespace)
+        key = await cache_key_of(payload, tenant, admitted.body, "chat")
     cache = runtime.semantic_cache
     if controls.lookup:
         lookup = await cache.lookup(

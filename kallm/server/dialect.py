@@ -126,7 +126,7 @@ async def serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
         controls = CacheControls.from_headers(request.headers)
         tenant = admitted.cache_tenant(controls.namespace, dialect.name)
         with blamed_on_request():
-            key = await cache_key_of(view, tenant, admitted.body)
+            key = await cache_key_of(view, tenant, admitted.body, dialect.name)
         lookup = Lookup(key)
         if controls.lookup:
             lookup = await runtime.semantic_cache.lookup(

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kallm.cache.scope import CacheKey, cache_key
+from kallm.cache.scope import CacheKey, RecentKeys, cache_key
 from kallm.errors import RequestError
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -66,12 +66,18 @@ async def breathe(body: bytes) -> None:
         await asyncio.sleep(0.002)
 
 
-async def cache_key_of(view: dict[str, Any], tenant: tuple[str, ...], body: bytes) -> CacheKey:
-    """The request's cache key; for a large body computed in a worker thread, where hashing
-    megabytes of text leaves the event loop free (hashlib releases the GIL)."""
+_RECENT_KEYS = RecentKeys(max_body=8 * 1024)  # < LARGE_BODY: only keys made on the loop
+
+
+async def cache_key_of(
+    view: dict[str, Any], tenant: tuple[str, ...], body: bytes, route: str
+) -> CacheKey:
+    """The key of ``view``, the ``route``'s reading of ``body``; for a large body computed in
+    a worker thread, where hashing megabytes of text leaves the event loop free (hashlib
+    releases the GIL), for a small one remembered (an exact repeat is the usual hit)."""
     if len(body) > LARGE_BODY:
         return await asyncio.to_thread(cache_key, view, tenant)
-    return cache_key(view, tenant)
+    return _RECENT_KEYS.get(view, tenant, body, route)
 
 
 def _decoded(body: bytes, what: str) -> str:
