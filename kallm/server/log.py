@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -240,7 +240,7 @@ def _storable(row: RequestRow) -> RequestRow:
         for name, value in ((f, getattr(row, f)) for f in _TEXT_FIELDS)
         if isinstance(value, str) and not _encodes(value)
     }
-    return replace(row, **changes) if changes else row
+    return row._replace(**changes) if changes else row
 
 
 def _encodes(text: str) -> bool:

@@ -262,6 +262,8 @@ class CacheControls:
 
     @classmethod
     def from_headers(cls, headers: Any) -> CacheControls:
+        if not any(name in headers for name in _CONTROL_HEADERS):
+            return _DEFAULT_CONTROLS  # the usual request sets none of them
         directives = {
             part.strip().lower()
             for value in headers.getall("Cache-Control", [])
@@ -274,6 +276,10 @@ class CacheControls:
             namespace=header_text(headers, "X-Kallm-Namespace") or "",
             guard=_switch(header_text(headers, "X-Kallm-Guard"), "X-Kallm-Guard"),
         )
+
+
+_CONTROL_HEADERS = ("Cache-Control", "X-Kallm-Threshold", "X-Kallm-Namespace", "X-Kallm-Guard")
+_DEFAULT_CONTROLS = CacheControls()
 
 
 def _threshold(raw: str | None) -> float | None:
