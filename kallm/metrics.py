@@ -105,6 +105,7 @@ class Metrics:
         )
         self._figures = CacheFigures(0, 0, 0)
         self._children: dict[tuple[str, ...], Any] = {}  # bounded as the label values are
+        self._latency_by_cache: dict[str, Any] = {}
         r.register(CacheCollector(runtime, lambda: self._figures))
 
     def model_label(self, record: RequestLog) -> str:
@@ -125,7 +126,10 @@ class Metrics:
         if counter is None:  # labels() validates and locks: a few us a call, once per label set
             counter = self._children[labels] = self.requests.labels(*labels)
         counter.inc()
-        self.latency.labels(cache).observe(time.perf_counter() - record.started)
+        latency = self._latency_by_cache.get(cache)
+        if latency is None:
+            latency = self._latency_by_cache[cache] = self.latency.labels(cache)
+        latency.observe(time.perf_counter() - record.started)
         if record.lookup_seconds is not None:
             self.lookup.observe(record.lookup_seconds)
         if record.embed_seconds is not None:

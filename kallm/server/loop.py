@@ -49,4 +49,5 @@ def _is_local(name: str) -> bool:
 
 def came_from(headers: Mapping[str, str], instance_id: str) -> bool:
     """Whether a request was sent by this very server (it is looping through its upstream)."""
-    return instance_id in headers.get(VIA_HEADER, "").split(",")
+    via = headers.get(VIA_HEADER)
+    return via is not None and instance_id in via.split(",")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Mapping
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -53,11 +54,11 @@ def error_response(error: KallmError, dialect: Dialect = Dialect.OPENAI) -> web.
     return web.json_response(error.to_body(), status=error.status, headers=error.headers)
 
 
-def request_id_of(headers: object) -> str:
+def request_id_of(headers: Mapping[str, str]) -> str:
     """The client's X-Request-Id when it is a sane token (it lands in logs and the database),
     else a new one."""
-    supplied = getattr(headers, "get", lambda _name: None)("X-Request-Id")
-    if isinstance(supplied, str) and _REQUEST_ID.fullmatch(supplied):
+    supplied = headers.get("X-Request-Id")
+    if supplied is not None and _REQUEST_ID.fullmatch(supplied):
         return supplied
     return random_hex(16)
 
@@ -151,6 +152,8 @@ _ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 def _check_encoding(request: web.Request) -> None:
     """Request bodies in gzip or deflate are decoded (within the size limit); anything else
     is refused rather than relayed or parsed as if it were plain."""
+    if "Content-Encoding" not in request.headers:
+        return  # the usual request: nothing to check
     values = [
         part.strip().lower()
         for header in request.headers.getall("Content-Encoding", [])
