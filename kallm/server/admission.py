@@ -174,9 +174,13 @@ async def _admit_model(runtime: Runtime, request: web.Request, admitted: Admissi
     document = await parse_json_yielding(body)
     if not isinstance(document, dict):
         raise RequestError("request body must be a JSON object")
-    payload = check_chat_request(document) if admitted.path.route is CHAT else document
-    model = check_model(payload.get("model"))
-    check_limits(payload)
+    if admitted.path.route is CHAT:
+        payload = check_chat_request(document)  # the model and the limits among its checks
+    else:
+        payload = document
+        check_model(payload.get("model"))
+        check_limits(payload)
+    model = str(payload["model"])
     admitted.body, admitted.payload = body, payload
     record = request_log(request)
     record.model = model

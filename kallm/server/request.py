@@ -89,12 +89,7 @@ def _decoded(body: bytes, what: str) -> str:
 
 def _loads(text: str, what: str) -> Any:
     try:
-        return json.loads(
-            text,
-            parse_constant=_no_constant,
-            parse_float=_finite_float,
-            object_pairs_hook=_unique_keys,
-        )
+        return _DECODER.decode(text)
     except RecursionError:
         raise RequestError(f"{what} is nested too deeply (at most {MAX_DEPTH} levels)") from None
     except ValueError as exc:
@@ -127,6 +122,12 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"the number {text[:20]} is out of range")
     return value
+
+
+# one decoder for every body (json.loads with options builds one per call)
+_DECODER = json.JSONDecoder(
+    parse_constant=_no_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+)
 
 
 def _check_structure(value: Any, what: str) -> None:
