@@ -38,6 +38,14 @@ async def serve(upstream: str, host: str, port: int) -> None:
     app[UPSTREAM] = upstream.rstrip("/")
     app.router.add_post("/v1/{tail:.*}", relay)
     app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    await serve_until_cancelled(app, host, port, app[SESSION])
+
+
+async def serve_until_cancelled(
+    app: web.Application, host: str, port: int, session: aiohttp.ClientSession
+) -> None:
+    """Listen, print the base URL (what ``kallm.bench.procs`` waits for), serve until
+    cancelled, then close the upstream session and the app."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
@@ -45,14 +53,19 @@ async def serve(upstream: str, host: str, port: int) -> None:
     try:
         await asyncio.Event().wait()
     finally:
-        await app[SESSION].close()
+        await session.close()
         await runner.cleanup()
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str) -> argparse.Namespace:
+    """--upstream, --host, --port: the command line of every relay the benchmarks start."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--upstream", required=True, help="base URL ending in /v1")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 lets the OS pick")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    args = arguments(__doc__.splitlines()[0])
     asyncio.run(serve(args.upstream, args.host, args.port))

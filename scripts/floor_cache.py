@@ -17,8 +17,6 @@ streams: whatever kallm measures beyond this server is the price of those.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import hashlib
 import itertools
 import json
@@ -28,11 +26,14 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # kallm, and the bare relay beside this file
 
-from kallm.cache.index import VectorIndex
-from kallm.embed.static import StaticEmbedder
-from kallm.server.run import run_loop
+from bare_relay import arguments, serve_until_cancelled  # noqa: E402
+
+from kallm.cache.index import VectorIndex  # noqa: E402
+from kallm.embed.static import StaticEmbedder  # noqa: E402
+from kallm.server.run import run_loop  # noqa: E402
 
 SIMILAR = 0.95  # kallm's default threshold; the bench's prompts never reach it
 
@@ -88,25 +89,14 @@ def _json(body: bytes, cache: str, status: int = 200) -> web.Response:
 
 
 async def serve(upstream: str, host: str, port: int) -> None:
+    """The bare relay's pool settings and serving, so only the handler's work differs."""
     cache = FloorCache(upstream)
     app = web.Application()
     app.router.add_post("/v1/{tail:.*}", cache.handle)
     cache.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    print(f"http://{host}:{runner.addresses[0][1]}/v1", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await cache.session.close()
-        await runner.cleanup()
+    await serve_until_cancelled(app, host, port, cache.session)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--upstream", required=True, help="base URL ending in /v1")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 lets the OS pick")
-    args = parser.parse_args()
+    args = arguments(__doc__.splitlines()[0])
     run_loop("auto", serve(args.upstream, args.host, args.port))  # kallm's loop: uvloop
