@@ -208,6 +208,12 @@ def _reading(blame: Callable[[str], KallmError]) -> Iterator[None]:
         raise blame(brief(exc)) from None
 
 
+def stream_break(exc: BaseException) -> str:
+    """Why a relayed stream stopped, for the client's error event: kallm's own message, or
+    the unreadable event's failure in brief."""
+    return exc.message if isinstance(exc, KallmError) else f"bad stream event: {brief(exc)}"
+
+
 def brief(exc: BaseException) -> str:
     """An exception as one short line, for a client's error message."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())

@@ -104,8 +104,9 @@ class Metrics:
             }
         )
         self._figures = CacheFigures(0, 0, 0)
-        self._children: dict[tuple[str, ...], Any] = {}  # bounded as the label values are
-        self._latency_by_cache: dict[str, Any] = {}
+        # labels() validates and locks (a few us a call): each labelled child is made once;
+        # bounded as the label values are
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r.register(CacheCollector(runtime, lambda: self._figures))
 
     def model_label(self, record: RequestLog) -> str:
@@ -122,27 +123,28 @@ class Metrics:
         provider = record.provider or ""
         cache = record.cache or "none"
         labels = (record.path_group, model, provider, cache, str(record.status))
-        counter = self._children.get(labels)
-        if counter is None:  # labels() validates and locks: a few us a call, once per label set
-            counter = self._children[labels] = self.requests.labels(*labels)
-        counter.inc()
-        latency = self._latency_by_cache.get(cache)
-        if latency is None:
-            latency = self._latency_by_cache[cache] = self.latency.labels(cache)
-        latency.observe(time.perf_counter() - record.started)
+        self._child(self.requests, labels).inc()
+        self._child(self.latency, (cache,)).observe(time.perf_counter() - record.started)
         if record.lookup_seconds is not None:
             self.lookup.observe(record.lookup_seconds)
         if record.embed_seconds is not None:
             self.embedding.observe(record.embed_seconds)
         if record.upstream_seconds is not None:
-            self.upstream.labels(provider).observe(record.upstream_seconds)
+            self._child(self.upstream, (provider,)).observe(record.upstream_seconds)
         if record.first_token_seconds is not None:
-            self.first_token.labels(provider).observe(record.first_token_seconds)
+            self._child(self.first_token, (provider,)).observe(record.first_token_seconds)
         if record.usage is not None and record.cache == "MISS":
-            self.tokens.labels(model, "prompt").inc(record.usage.prompt_tokens)
-            self.tokens.labels(model, "completion").inc(record.usage.completion_tokens)
+            self._child(self.tokens, (model, "prompt")).inc(record.usage.prompt_tokens)
+            self._child(self.tokens, (model, "completion")).inc(record.usage.completion_tokens)
         if record.cost_usd:
-            self.spend.labels(model).inc(record.cost_usd)
+            self._child(self.spend, (model,)).inc(record.cost_usd)
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """``metric.labels(*labels)``, made once per label set."""
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[metric, labels] = metric.labels(*labels)
+        return child
 
     def render(self, figures: CacheFigures) -> bytes:
         """The exposition text, with the backend's figures read just before (they may live

@@ -23,6 +23,7 @@ from kallm.errors import PermissionDenied
 _STATEFUL_FIELDS = ("previous_response_id", "conversation", "mcp_servers", "container")
 # Keys that name a stored object wherever they appear (a content part, a tool, a source).
 _STORED_OBJECT_KEYS = frozenset({"file_id", "vector_store_ids"})
+_STORED_OBJECT_BYTES = tuple(key.encode() for key in _STORED_OBJECT_KEYS)
 # Hosted tools that read stored state, or reach servers kallm never sees.
 _STATEFUL_TOOLS = ("file_search", "mcp")
 # Hosted tools billed per call or per session on top of tokens (OpenAI and Anthropic).
@@ -44,7 +45,7 @@ def refuse_account_state(payload: dict[str, Any], body: bytes, budgeted: bool) -
     prompt = payload.get("prompt")
     if isinstance(prompt, dict) and "id" in prompt:
         raise _refused("prompt", "names a prompt stored in the provider account")
-    if mentions(body, *(key.encode() for key in _STORED_OBJECT_KEYS)):
+    if mentions(body, *_STORED_OBJECT_BYTES):
         for key in _keys_anywhere(payload):
             if key in _STORED_OBJECT_KEYS:
                 raise _refused(key, "names an object stored in the provider account")

@@ -33,7 +33,7 @@ from kallm.errors import (
     UpstreamTimeout,
     blamed_on_request,
     blamed_on_upstream,
-    brief,
+    stream_break,
 )
 from kallm.ids import random_hex
 from kallm.providers.base import ChatCall, Provider, StreamRelay, client_headers, forwardable
@@ -325,7 +325,7 @@ async def _pump(
         await _drain_for_usage(events, relay, assembler, provider)
         raise
     except (KallmError, *MALFORMED) as exc:
-        message = exc.message if isinstance(exc, KallmError) else f"bad stream event: {brief(exc)}"
+        message = stream_break(exc)
         record.note = f"stream broke: {message}"
         error = exc if isinstance(exc, KallmError) else UpstreamError(message)
         assembler.done = False
@@ -432,15 +432,15 @@ async def _remember(
 # ---------------------------------------------------------------- helpers
 
 
+REMEMBERED_USAGE_BYTES = 16 * 1024
+
+
 def usage_of_stored(stored: bytes) -> Usage:
     """A stored answer's usage; remembered for answers up to 16 KB (the same entry answers
     hit after hit, and reading its usage again was ~4% of a hit's CPU)."""
     if len(stored) > REMEMBERED_USAGE_BYTES:
         return Usage.from_openai(stored_usage(stored))
     return _remembered_usage(stored)
-
-
-REMEMBERED_USAGE_BYTES = 16 * 1024
 
 
 @functools.lru_cache(maxsize=256)  # keys are the entries' own bytes: their hash is kept

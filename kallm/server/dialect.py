@@ -36,7 +36,7 @@ from kallm.errors import (
     UpstreamError,
     blamed_on_request,
     blamed_on_upstream,
-    brief,
+    stream_break,
 )
 from kallm.providers.base import ChatCall, HttpCall, client_headers, forwardable
 from kallm.providers.router import Route
@@ -312,7 +312,7 @@ async def _stream(
         message = "the answer did not finish before the request's deadline"
         await relay.write_all([dialect.stream_error(message, reader.translator)])
     except (KallmError, *MALFORMED) as exc:
-        message = exc.message if isinstance(exc, KallmError) else f"bad stream event: {brief(exc)}"
+        message = stream_break(exc)
         record.note = f"stream broke: {message}"
         await relay.write_all([dialect.stream_error(message, reader.translator)])
     finally:

@@ -17,6 +17,7 @@ images, ...): under virtual keys they are refused unless ``auth.open_routes`` op
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -148,10 +149,7 @@ def segments_of(raw_path: str) -> tuple[str, ...] | None:
     return tuple(out)
 
 
-_CLASSIFIED: dict[tuple[str, str], RequestPath] = {}
-CLASSIFIED_PATHS = 1_024  # bounded: clients invent paths (ids, typos, attacks)
-
-
+@functools.lru_cache(maxsize=1_024)  # bounded: clients invent paths (ids, typos, attacks)
 def classify(raw_path: str, method: str = "GET") -> RequestPath:
     """The route of a raw request path and method; ``RouteNotFound`` (404) for any other
     spelling. A route's path with another method is another endpoint upstream (``GET
@@ -159,18 +157,8 @@ def classify(raw_path: str, method: str = "GET") -> RequestPath:
     fine-tuned model): the organisation route of its first segment.
 
     Paths already classified are remembered (the same few paths carry almost every
-    request; decoding and checking each segment again cost ~3 us a request)."""
-    seen = _CLASSIFIED.get((raw_path, method))
-    if seen is not None:
-        return seen
-    path = _classify(raw_path, method)
-    if len(_CLASSIFIED) >= CLASSIFIED_PATHS:
-        _CLASSIFIED.clear()
-    _CLASSIFIED[raw_path, method] = path
-    return path
-
-
-def _classify(raw_path: str, method: str) -> RequestPath:
+    request; decoding and checking each segment again cost ~3 us a request); a refused
+    path raises each time (exceptions are not cached)."""
     segments = segments_of(raw_path)
     if segments is None:
         raise RouteNotFound(f"Unknown request URL: {_shown(raw_path)}")

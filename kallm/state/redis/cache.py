@@ -49,8 +49,8 @@ READ_COUNT = 256
 REBUILD_BATCH = 500
 HOUSEKEEPING_SECONDS = 1.0
 STREAM_MIN, STREAM_MAX = 1_000, 10_000
-_PUT = Script("cache_put")
 SHARE_BATCH = 500  # entries written back per pipelined round trip after an outage
+_PUT = Script("cache_put")
 _TOUCH = Script("cache_touch")
 
 

@@ -71,12 +71,16 @@ class Script:
         self, client: aioredis.Redis, calls: list[tuple[list[str], list[Any]]]
     ) -> list[Any]:
         """The script once per (keys, args), pipelined: one round trip for the lot instead
-        of one a call (writing back thousands of entries after an outage took seconds)."""
-        await client.script_load(self.source)
+        of one a call (writing back thousands of entries after an outage took seconds).
+        The first call goes alone, so its EVAL fallback caches the script for the rest
+        (no SCRIPT LOAD: see the module's docstring)."""
+        if not calls:
+            return []
+        first = await self(client, *calls[0])
         async with client.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
+            for keys, args in calls[1:]:
                 pipe.evalsha(self.sha, len(keys), *keys, *args)
-            return list(await pipe.execute())
+            return [first, *await pipe.execute()]
 
 
 @dataclass
