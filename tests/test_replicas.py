@@ -15,6 +15,7 @@ The tests share one fleet and run in file order (the last ones kill things).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import os
@@ -176,6 +177,18 @@ def start_replica(name: str, tmp: Path, redis_url: str, upstream_url: str) -> Re
             args, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
     return Replica(name, port, process, log)
+
+
+@contextlib.contextmanager
+def logs_on_failure(replicas: list[Replica]) -> Iterator[None]:
+    """The replicas' logs when the block fails: a fleet test that fails on a loaded CI
+    machine (and never alone) is otherwise a mystery."""
+    try:
+        yield
+    except BaseException:
+        for replica in replicas:
+            print(f"--- {replica.name}.log\n{replica.log.read_text()[-6000:]}")
+        raise
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
@@ -351,81 +364,77 @@ def test_a_replica_killed_holding_reservations_gives_the_budget_back(fleet: Flee
 
 def test_redis_killed_mid_run_then_back(fleet: Fleet) -> None:
     live = [r for r in fleet.replicas if r.alive()]
-    a, b = live[0], live[1]
-    _, free_key = fleet.create_key("no-budget")
-    _, budget_key = fleet.create_key("budgeted", budget_usd=1.0)
-    cached = fleet.fresh_prompt()
-    assert chat(a, free_key, cached).status == 200
-    wait_until(lambda: chat(b, free_key, cached).headers.get("x-kallm-cache") == "HIT", 1, "")
+    with logs_on_failure(live):
+        a, b = live[0], live[1]
+        _, free_key = fleet.create_key("no-budget")
+        _, budget_key = fleet.create_key("budgeted", budget_usd=1.0)
+        cached = fleet.fresh_prompt()
+        assert chat(a, free_key, cached).status == 200
+        wait_until(lambda: chat(b, free_key, cached).headers.get("x-kallm-cache") == "HIT", 1, "")
 
-    failures: list[int] = []
-    statuses: list[int] = []
-    stopping = threading.Event()
+        failures: list[int] = []
+        statuses: list[int] = []
+        stopping = threading.Event()
 
-    def traffic() -> None:  # cache paths, all the while
-        i = 0
-        while not stopping.is_set():
-            replica = live[i % len(live)]
-            prompt = cached if i % 2 else fleet.fresh_prompt()
-            status = chat(replica, free_key, prompt).status
-            statuses.append(status)
-            if status >= 500:
-                failures.append(status)
-            i += 1
+        def traffic() -> None:  # cache paths, all the while
+            i = 0
+            while not stopping.is_set():
+                replica = live[i % len(live)]
+                prompt = cached if i % 2 else fleet.fresh_prompt()
+                status = chat(replica, free_key, prompt).status
+                statuses.append(status)
+                if status >= 500:
+                    failures.append(status)
+                i += 1
 
-    runner = threading.Thread(target=traffic)
-    runner.start()
-    try:
-        time.sleep(0.2)
-        fleet.redis.kill()
-        wait_until(
-            lambda: all(r.http.get("/health").json()["status"] == "degraded" for r in live),
-            3,
-            "every replica says degraded",
-        )
-        health = a.http.get("/health").json()
-        print(f"\n/health with Redis down: {json.dumps(health['degraded'], indent=1)}")
-        assert set(health["degraded"]) == {"cache", "budgets", "rate_limits", "keys"}
-        assert 'kallm_degraded{part="budgets"} 1.0' in a.http.get("/metrics").body.decode()
-        hit = chat(b, free_key, cached)
-        assert (hit.status, hit.headers["x-kallm-cache"]) == (200, "HIT")
-        miss = chat(a, free_key, fleet.fresh_prompt())
-        assert (miss.status, miss.headers["x-kallm-cache"]) == (200, "MISS")
-        refused = chat(b, budget_key, fleet.fresh_prompt())
-        assert refused.status == 429
-        assert refused.json()["error"]["code"] == "budget_unavailable"
-        assert "Redis" in refused.json()["error"]["message"]
-        print(f"budgeted key without Redis: {refused.json()['error']['message']}")
-        time.sleep(0.5)
-
-        fleet.redis.start()  # empty: a Redis without persistence that restarted
-        # typically under a second; 30 s of slack for a loaded CI machine, and the replicas'
-        # logs when even that is not enough (it failed at 10 s in 2 of 6 full runs one day,
-        # never alone: see the closing note of 2026-12-01)
+        runner = threading.Thread(target=traffic)
+        runner.start()
         try:
-            seconds = wait_until(lambda: all(healthy(r) for r in live), 30, "recovered")
-        except pytest.fail.Exception:
-            for replica in live:
-                print(f"--- {replica.name}.log\n{replica.log.read_text()[-4000:]}")
-            raise
-        print(f"Redis back: every replica healthy again after {seconds:.2f} s")
-    finally:
-        stopping.set()
-        runner.join(30)
-    print(f"traffic during the outage: {len(statuses)} requests, statuses {sorted(set(statuses))}")
-    assert not failures, failures
-    assert set(statuses) == {200}  # not even a 401 while the replicas put the keys back
-    assert chat(b, budget_key, fleet.fresh_prompt()).status == 200  # budgets work again
-    assert chat(a, free_key, cached).headers["x-kallm-cache"] == "HIT"
-    prompt = fleet.fresh_prompt()
-    assert chat(a, free_key, prompt).headers["x-kallm-cache"] == "MISS"
-    wait_until(
-        lambda: (
-            chat(b, free_key, prompt.lower(), {"Cache-Control": "no-store"}).headers.get(
-                "x-kallm-cache"
+            time.sleep(0.2)
+            fleet.redis.kill()
+            wait_until(
+                lambda: all(r.http.get("/health").json()["status"] == "degraded" for r in live),
+                3,
+                "every replica says degraded",
             )
-            == "HIT"
-        ),
-        1,
-        "sharing works again",
-    )
+            health = a.http.get("/health").json()
+            print(f"\n/health with Redis down: {json.dumps(health['degraded'], indent=1)}")
+            assert set(health["degraded"]) == {"cache", "budgets", "rate_limits", "keys"}
+            assert 'kallm_degraded{part="budgets"} 1.0' in a.http.get("/metrics").body.decode()
+            hit = chat(b, free_key, cached)
+            assert (hit.status, hit.headers["x-kallm-cache"]) == (200, "HIT")
+            miss = chat(a, free_key, fleet.fresh_prompt())
+            assert (miss.status, miss.headers["x-kallm-cache"]) == (200, "MISS")
+            refused = chat(b, budget_key, fleet.fresh_prompt())
+            assert refused.status == 429
+            assert refused.json()["error"]["code"] == "budget_unavailable"
+            assert "Redis" in refused.json()["error"]["message"]
+            print(f"budgeted key without Redis: {refused.json()['error']['message']}")
+            time.sleep(0.5)
+
+            fleet.redis.start()  # empty: a Redis without persistence that restarted
+            # typically under a second; 30 s of slack for a loaded CI machine
+            seconds = wait_until(lambda: all(healthy(r) for r in live), 30, "recovered")
+            print(f"Redis back: every replica healthy again after {seconds:.2f} s")
+        finally:
+            stopping.set()
+            runner.join(30)
+        print(
+            f"traffic during the outage: {len(statuses)} requests, statuses {sorted(set(statuses))}"
+        )
+        assert not failures, failures
+        assert set(statuses) == {200}  # not even a 401 while the replicas put the keys back
+        assert chat(b, budget_key, fleet.fresh_prompt()).status == 200  # budgets work again
+        assert chat(a, free_key, cached).headers["x-kallm-cache"] == "HIT"
+        prompt = fleet.fresh_prompt()
+        assert chat(a, free_key, prompt).headers["x-kallm-cache"] == "MISS"
+        wait_until(
+            lambda: (
+                chat(b, free_key, prompt.lower(), {"Cache-Control": "no-store"}).headers.get(
+                    "x-kallm-cache"
+                )
+                == "HIT"
+            ),
+            1,
+            "sharing works again",
+        )

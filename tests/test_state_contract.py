@@ -11,6 +11,7 @@ one server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,7 +31,7 @@ from kallm.cache.store import CacheBackend, Entry, MemoryBackend
 from kallm.errors import BudgetExceeded, KeyConflict
 from kallm.server.health import Health
 from kallm.state.redis.cache import RedisCache
-from kallm.state.redis.client import RedisState
+from kallm.state.redis.client import RETRY_SECONDS, Part, RedisState, StateUnavailable
 from kallm.state.redis.keys import RedisKeys
 from kallm.state.redis.ledger import RedisLedger
 from kallm.state.redis.ratelimit import RedisRateLimits
@@ -425,3 +426,52 @@ async def test_redis_settlements_during_an_outage_are_replayed(tmp_path: Path) -
     finally:
         await state.close()
         server.stop()
+
+
+async def test_redis_lost_again_while_catching_up_is_still_down(tmp_path: Path) -> None:
+    """Redis that goes away while the parts catch up (a call that a part or a request lets
+    pass, as the cache does) is still down: /health says so, waiters keep waiting (they
+    spun on the event loop, freezing the replica: a fleet test caught it), and the next
+    return is a full recovery."""
+    server = RedisServer(tmp_path / "redis").start()
+    health = Health()
+    state = RedisState(server.url, health, timeout=0.3)
+    await state.start()
+    ledger = RedisLedger(state, reservation_ttl=600)
+    catch_ups = 0
+
+    async def catch_up() -> None:  # the first time: Redis dies under it, and it fails open
+        nonlocal catch_ups
+        catch_ups += 1
+        if catch_ups == 1:
+            server.kill()
+            with contextlib.suppress(StateUnavailable):
+                await state.call(state.client.ping())
+
+    state.register(Part("probe", "fails open", catch_up))
+    try:
+        server.kill()
+        await until(lambda: not state.up and "budgets" in health.degraded)
+        server.start()
+        await until(lambda: catch_ups == 1)
+        waiter = asyncio.create_task(state.until_up())
+        await asyncio.sleep(4 * RETRY_SECONDS)  # the monitor has retried since
+        assert not state.up
+        assert set(health.degraded) == {"budgets", "probe"}
+        assert not waiter.done()
+        with pytest.raises(Exception, match="cannot reach"):
+            await ledger.reserve(key(budget_usd=1.0), 0.1, "r1", time.time())
+        server.start()
+        await asyncio.wait_for(waiter, 5)
+        assert state.up and not health.degraded and catch_ups == 2
+        assert await ledger.reserve(key(budget_usd=1.0), 0.1, "r2", time.time())
+    finally:
+        await state.close()
+        server.stop()
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, "not within the time"
+        await asyncio.sleep(0.02)

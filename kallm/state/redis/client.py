@@ -212,6 +212,12 @@ class RedisState:
                     return
                 except Exception:
                     log.exception("shared state: catching up %s after Redis returned", part.name)
+        if not self.up:
+            # lost again while catching up, by a call a part or a request let pass (the
+            # cache fails open): still down, and the monitor tries again. Declaring it back
+            # would leave `up` false under a healthy /health, and every `until_up` loop
+            # spinning on a set event without yielding (the event loop froze).
+            return
         for part in self._parts:
             self.health.recover(part.name)
         self._recovered.set()
