@@ -12,7 +12,24 @@ import pytest
 
 from kallm.config import Settings
 from kallm.embed import local_embedder
+from tests.early import start_for, stop_all
 from tests.harness import Http, LoopThread, Proxy, Upstream, start_proxy, start_upstream, stop
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "early(job): the test waits for a tests.early.Early job, started at collection"
+    )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The selected tests are known (after -k, -m and deselection): start their jobs."""
+    if not session.config.option.collectonly:
+        start_for(session.items)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    stop_all()
 
 
 @pytest.fixture(autouse=True)

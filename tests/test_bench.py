@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,14 @@ from tests.harness import LoopThread
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent
 CELLS = ("direct", "kallm miss", "kallm exact hit", "kallm paraphrase hit")
+
+
+@pytest.fixture(autouse=True)
+def temp_files_in_tmp_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A bench run keeps its servers' logs in a temporary folder for the user to read; here
+    that folder is the test's own (every suite run left a few in /tmp)."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again (subprocesses do)
 
 
 def test_bench_run_quick_reports_every_cell(tmp_path: Path) -> None:
@@ -77,7 +86,7 @@ def test_bench_wrk_reports_every_cell(tmp_path: Path) -> None:
     out = tmp_path / "wrk.json"
     command = [sys.executable, str(ROOT / "scripts" / "bench_wrk.py"), "--duration", "1s"]
     command += ["--concurrency", "2", "--warmup", "0s", "--json", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=90)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=90)  # env: TMPDIR
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     cells = {(c["name"], c["concurrency"]): c for c in report["cells"]}

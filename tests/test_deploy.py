@@ -1,7 +1,8 @@
 """The deployment artefacts work: the single-file binary, the Dockerfile, compose and the chart.
 
 Both tests run the repository's own scripts, so what CI checks is exactly what a developer
-runs by hand; each script installs the tools it needs from PyPI on first use.
+runs by hand; each script installs the tools it needs from PyPI on first use. Both start
+as soon as the tests are collected and run beside the rest (``tests/early.py``).
 
 - ``scripts/check-deploy.sh``: helm lint + helm template (default and every ci/ values
   file) validated with kubernetes-validate --strict, the chart's promises, what each
@@ -18,49 +19,37 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.early import Early
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_script(*scripts: str, timeout: float) -> str:
-    """Run scripts in turn (stopping at the first failure); fail the test with their output."""
+def run_scripts(job: Early[str], *scripts: str) -> str:
+    """Run the repository's scripts in turn, as a developer would (stopping at the first
+    failure, which fails the test with its output); all they printed."""
     env = {**os.environ, "PYTHON": sys.executable}
     output: list[str] = []
     for script in scripts:
-        started = time.monotonic()
-        try:
-            done = subprocess.run(
-                ["bash", str(ROOT / "scripts" / script)],
-                cwd=ROOT,
-                env=env,
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired as exc:
-            text = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode()
-            pytest.fail(f"{script} did not finish in {timeout:.0f} s:\n{_tail(text)}")
-        output.append(done.stdout)
-        print(f"--- {script} ({time.monotonic() - started:.1f} s)\n{done.stdout}")
-        if done.returncode != 0:
-            pytest.fail(f"{script} exited {done.returncode}:\n{_tail(done.stdout)}")
+        ran = job.run(["bash", str(ROOT / "scripts" / script)], env=env, cwd=ROOT)
+        output.append(f"--- {script} ({ran.seconds:.1f} s)\n{ran.output}")
     return "".join(output)
 
 
-def _tail(text: str, lines: int = 120) -> str:
-    return "\n".join(text.splitlines()[-lines:])
+DEPLOY: Early[str] = Early("check-deploy", lambda job: run_scripts(job, "check-deploy.sh"))
+BINARY: Early[str] = Early(
+    "binary", lambda job: run_scripts(job, "build-binary.sh", "smoke-binary.sh")
+)
 
 
+@pytest.mark.early(DEPLOY)
 def test_check_deploy_passes() -> None:
-    output = run_script("check-deploy.sh", timeout=600)
+    output = DEPLOY.result()
+    print(output)
     assert "check-deploy: all checks passed" in output
     # Every values file was rendered and validated, the all-on one and one per new option.
     for values in (
@@ -85,7 +74,9 @@ def test_check_deploy_passes() -> None:
 
 @pytest.mark.binary
 @pytest.mark.skipif(shutil.which("curl") is None, reason="smoke-binary.sh needs curl")
+@pytest.mark.early(BINARY)
 def test_binary_builds_and_serves() -> None:
-    output = run_script("build-binary.sh", "smoke-binary.sh", timeout=600)
+    output = BINARY.result()
+    print(output)
     assert "smoke-binary: OK" in output
     assert "launch to first answered /health" in output

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from kallm import __version__
+from tests.early import Early
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,17 +41,27 @@ def _run(args: list[str], *, timeout: float = 300, **kwargs: object) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    work = tmp_path_factory.mktemp("packaging")
-    wheels = work / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)])
+def _install_wheel(job: Early[Installed]) -> Installed:
+    assert job.folder is not None
+    wheels = job.folder / "wheels"
+    job.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)])
     [wheel] = wheels.glob("kallm-*.whl")
-    env_dir = work / "venv"
+    env_dir = job.folder / "venv"
     venv.EnvBuilder(with_pip=True, system_site_packages=False, clear=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    _run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)])
+    job.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)])
     return Installed(env_dir / "bin" / "kallm", python)
+
+
+WHEEL: Early[Installed] = Early("wheel", _install_wheel)
+pytestmark = pytest.mark.early(WHEEL)
+
+
+@pytest.fixture(scope="module")
+def installed() -> Installed:
+    """The wheel built from this checkout, installed in a fresh venv (started at collection,
+    beside the rest of the suite: ``tests/early.py``)."""
+    return WHEEL.result()
 
 
 def _clean_env(tmp_path: Path) -> dict[str, str]:
