@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -418,6 +417,8 @@ def _parse(spec: SettingSpec, raw: Any, origin: str) -> Any:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # here, not at the top: ~10 ms of regexes every `kallm --help` paid
+
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)

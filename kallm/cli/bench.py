@@ -19,7 +19,6 @@ from typer.core import TyperGroup
 
 from kallm.bench import MODEL
 from kallm.cli.common import fail
-from kallm.config import parse_duration
 
 QUICK = {"entries": 300, "requests": 30, "warmup": 5, "rounds": 1, "duration": 10.0}
 # A real upstream bills every miss: small counts unless the user asks for more.
@@ -66,6 +65,8 @@ def _concurrency(text: str) -> list[int]:
 
 
 def _duration(name: str, text: str) -> float:
+    from kallm.config import parse_duration
+
     try:
         return parse_duration(text)
     except ValueError as exc:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from kallm.config import LoadedSettings, load_settings
-from kallm.errors import ConfigError
+if TYPE_CHECKING:
+    from kallm.config import LoadedSettings
 
 err_console = Console(stderr=True)
 
@@ -25,6 +25,9 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def settings_from(config: Path | None, **flags: Any) -> LoadedSettings:
     """Settings from defaults < file < env < these flags, or exit with the one-line reason."""
+    from kallm.config import load_settings
+    from kallm.errors import ConfigError
+
     try:
         return load_settings(config_path=config, flags=flags)
     except ConfigError as exc:

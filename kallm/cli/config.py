@@ -5,24 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tomli_w
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from kallm.cli.common import CONFIG_OPTION, fail, settings_from
 from kallm.cli.tables import folded
-from kallm.config import (
-    SPEC_BY_FIELD,
-    Settings,
-    default_config_path,
-    duration_text,
-    parse_duration,
-    parse_size,
-    size_text,
-)
+
+if TYPE_CHECKING:  # imported where used: see kallm/cli/__init__.py
+    from kallm.config import Settings
 
 app = typer.Typer(
     help="Write a starter kallm.toml, or show the settings kallm would run with.",
@@ -95,6 +87,8 @@ PROVIDERS_EXAMPLE = """
 
 
 def starter_text() -> str:
+    import tomli_w
+
     parts = [
         "# kallm.toml: settings for kallm. Precedence: defaults < this file < KALLM_* "
         "environment < flags.\n"
@@ -110,6 +104,8 @@ def init(
     force: bool = typer.Option(False, help="Overwrite an existing file."),
 ) -> None:
     """Write a commented starter kallm.toml."""
+    from kallm.config import default_config_path
+
     target = path or default_config_path()
     if target.exists() and not force:
         fail(f"{target} exists; use --force to overwrite it")
@@ -128,6 +124,8 @@ def _mask(value: Any) -> str:
 def _shown(settings: Settings, name: str) -> str:
     """A value as a person writes it in kallm.toml: ``24h`` not ``86400.0``, ``10MB`` not
     ``10000000``, and the threshold actually in force rather than ``None``."""
+    from kallm.config import SPEC_BY_FIELD, duration_text, parse_duration, parse_size, size_text
+
     value = getattr(settings, name)
     spec = SPEC_BY_FIELD[name]
     if spec.secret:
@@ -154,6 +152,10 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print the effective settings, where each came from, secrets masked."""
+    from rich.table import Table
+
+    from kallm.config import SPEC_BY_FIELD, Settings
+
     loaded = settings_from(config)
     settings = loaded.settings
     plain = [f.name for f in fields(Settings) if f.name in SPEC_BY_FIELD]

@@ -14,12 +14,13 @@ import os
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from kallm.accounts.keys import KeyRecord, KeyStore, record_from_row
-from kallm.config import Settings
-from kallm.db import connect
 from kallm.errors import KallmError, RequestError
+
+if TYPE_CHECKING:  # imported where used: see kallm/cli/__init__.py
+    from kallm.accounts.keys import KeyRecord
+    from kallm.config import Settings
 
 HTTP_TIMEOUT = 10.0
 
@@ -49,6 +50,9 @@ class LocalKeys:
     it reloads keys from the database periodically."""
 
     def __init__(self, path: Path):
+        from kallm.accounts.keys import KeyStore
+        from kallm.db import connect
+
         self.path = path
         self.store = KeyStore(connect(path))
 
@@ -115,11 +119,15 @@ def _ref(ref: str) -> str:
 
 
 def _record(public: Mapping[str, Any]) -> KeyRecord:
+    from kallm.accounts.keys import record_from_row
+
     return record_from_row({"hash": "", **public})
 
 
 def _with_secret(answer: Mapping[str, Any]) -> tuple[KeyRecord, str]:
     """The full record: the public view plus the hash from the Secret view."""
+    from kallm.accounts.keys import record_from_row
+
     return record_from_row({**answer["record"], **answer.get("k8s_record", {})}), answer["key"]
 
 

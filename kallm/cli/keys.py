@@ -15,21 +15,21 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich import box
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
-from kallm.accounts.k8s import check_labels, k8s_secret, valid_namespace
-from kallm.accounts.keys import KeyRecord
 from kallm.cli.common import CONFIG_OPTION, err_console, fail, settings_from
 from kallm.cli.keyclient import KeyClient, env_or, open_keys
 from kallm.cli.tables import folded
-from kallm.config import duration_text, parse_duration
 from kallm.errors import KallmError
+
+if TYPE_CHECKING:  # imported where used: see kallm/cli/__init__.py
+    from rich.table import Table
+
+    from kallm.accounts.keys import KeyRecord
 
 app = typer.Typer(
     help="Create and manage virtual API keys (budgets, rate limits, models).", no_args_is_help=True
@@ -122,6 +122,8 @@ def _count(text: str) -> int:
 
 
 def _period(text: str) -> float:
+    from kallm.config import parse_duration
+
     seconds = parse_duration(text)
     if seconds <= 0:
         raise ValueError("a duration above zero")
@@ -207,6 +209,8 @@ def when(stamp: float | None, empty: str = "—") -> str:
 
 def span(seconds: float | None) -> str:
     """30d, 24h, 90s, or — for none."""
+    from kallm.config import duration_text
+
     return "—" if seconds is None else duration_text(seconds)
 
 
@@ -236,6 +240,9 @@ def _short(stamp: float | None, empty: str = "—") -> str:
 
 
 def key_table(records: list[KeyRecord]) -> Table:
+    from rich import box
+    from rich.table import Table
+
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, padding=(0, 1))
     for column in (
         "name",
@@ -270,6 +277,8 @@ def key_table(records: list[KeyRecord]) -> Table:
 
 
 def key_details(r: KeyRecord) -> Table:
+    from rich.table import Table
+
     grid = Table.grid(padding=(0, 2))
     rows = [
         ("id", r.id),
@@ -305,6 +314,8 @@ def _print_secret(
 ) -> None:
     """The secret once: on stdout alone in text mode, so it can be captured, and the note
     on stderr; in k8s-secret mode stdout is the manifest, so the secret goes to stderr."""
+    from kallm.accounts.k8s import k8s_secret
+
     note = f"{done} key {record.name} ({record.id}). {ONCE}"
     if output == "k8s-secret":
         print(k8s_secret(record, k8s_ns, labels), end="")
@@ -377,6 +388,8 @@ def create(
 
 def _k8s_flags(output: str, namespace: str, label: list[str] | None) -> dict[str, str]:
     _output(output)
+    from kallm.accounts.k8s import check_labels, valid_namespace
+
     labels = pairs(label, "--label")
     try:
         check_labels(labels)

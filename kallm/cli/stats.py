@@ -12,13 +12,10 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import typer
-from rich import box
 from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from kallm.accounts import usage
@@ -26,9 +23,10 @@ from kallm.cli.common import CONFIG_OPTION, fail, settings_from
 from kallm.cli.keyclient import env_or, http_json
 from kallm.cli.keys import span, usd, when
 from kallm.cli.tables import folded
-from kallm.config import parse_duration
-from kallm.db import connect
 from kallm.errors import KallmError
+
+if TYPE_CHECKING:  # imported where used: see kallm/cli/__init__.py
+    from rich.table import Table
 
 DEFAULT_SINCE = 24 * 3600.0
 DEFAULT_LAST = 10
@@ -49,6 +47,8 @@ class DatabaseReport:
                 f"no database at {path}: `kallm serve` creates it; or pass --db "
                 "PATH / KALLM_DB, or --url for a running server"
             )
+        from kallm.db import connect
+
         self.path, self.period, self.last = path, period, last
         self.conn = connect(path, readonly=True)
 
@@ -101,6 +101,9 @@ class ServerReport:
 
 def _table(*columns: str, title: str | Text) -> Table:
     """Compact tables: a report must fit an 80-column terminal."""
+    from rich import box
+    from rich.table import Table
+
     return folded(
         Table(
             *columns,
@@ -218,6 +221,8 @@ def render_database(snap: dict[str, Any]) -> RenderableType:
 
 def render_server(snap: dict[str, Any]) -> RenderableType:
     s = snap["server"]
+    from rich.table import Table
+
     latency = s.get("lookup_latency_ms") or {}
     table = Table.grid(padding=(0, 2))
     rows = [
@@ -267,6 +272,8 @@ def _frame(report: Report) -> RenderableType:
 
 def watch(console: Console, report: Report, interval: float) -> None:
     """Redraw every ``interval`` seconds until Ctrl-C, which ends it cleanly."""
+    from rich.live import Live
+
     try:
         with Live(_frame(report), console=console, auto_refresh=False) as live:
             while True:
@@ -280,6 +287,8 @@ def watch(console: Console, report: Report, interval: float) -> None:
 
 
 def _seconds(text: str, flag: str) -> float:
+    from kallm.config import parse_duration
+
     try:
         seconds = parse_duration(text)
     except ValueError as exc:

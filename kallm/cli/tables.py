@@ -3,7 +3,10 @@ a value that does not fit wraps inside its cell instead of being cut with an ell
 
 from __future__ import annotations
 
-from rich.table import Table
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def folded(table: Table) -> Table:

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from kallm.cli.common import CONFIG_OPTION, fail, settings_from
 
 if TYPE_CHECKING:  # the implementation (aiohttp, the server) loads only when a command runs
+    from rich.progress import Progress
+
     from kallm.config import Settings
     from kallm.warm import Counts, Parsed, Problem, Target
 
@@ -60,6 +60,8 @@ def _problems(console: Console, title: str, shown: list[Problem], total: int) ->
 def _summary(console: Console, counts: Counts, where: str) -> None:
     _problems(console, "bad lines (skipped)", counts.bad_lines, counts.bad)
     _problems(console, "failed", counts.failures, counts.failed)
+    from rich.table import Table
+
     console.print(f"warmed {where}", highlight=False, soft_wrap=True)
     table = Table("", "", show_header=False)
     for name, value in (
@@ -99,6 +101,8 @@ def _dry_run(console: Console, parsed: Parsed, as_json: bool, config: Path | Non
         )
     else:
         _problems(console, "bad lines (skipped)", parsed.bad[:SHOWN], len(parsed.bad))
+        from rich.table import Table
+
         table = Table("", "", title="kallm warm --dry-run (nothing sent)", show_header=False)
         for name, value in (
             ("lines read", parsed.lines),
@@ -214,6 +218,14 @@ def warm_command(
             )
         settings = loaded.settings
         where = f"in-process kallm, cache file {settings.cache_file}"
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
