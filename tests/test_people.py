@@ -197,7 +197,7 @@ def test_help_shows_no_bool_placeholders_and_has_completion() -> None:
 def test_the_cli_starts_without_the_server_stack() -> None:
     """``kallm --version`` and ``--help`` must answer fast (issue 15: under 0.3 s): loading
     the CLI must not import the HTTP stack, numpy, the cache, nor the settings, keys and
-    database modules, nor rich's tables and TOML (those were half of --help's 0.35 s); each
+    database modules, nor rich's tables and TOML (~30 ms of the CLI's imports); each
     command imports what it runs. (The time itself is measured by benchmarks, not here: it
     depends on the machine.)"""
     heavy = (

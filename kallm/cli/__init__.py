@@ -2,8 +2,8 @@
 
 Command modules import kallm's core (settings, keys, the database, the server) inside the
 commands that use it, and rich's heavier parts (tables, progress, live) likewise: every
-``kallm --help`` and ``--version`` imports the whole CLI, and those imports were half of
-its ~0.35 s."""
+``kallm --help`` and ``--version`` imports the whole CLI (measured: 152 -> 120 ms of
+imports once settings, keys, the database and those rich parts were kept out)."""
 
 import os
 

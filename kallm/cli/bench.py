@@ -18,7 +18,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from kallm.bench import MODEL
-from kallm.cli.common import fail
+from kallm.cli.common import duration_flag, fail
 
 QUICK = {"entries": 300, "requests": 30, "warmup": 5, "rounds": 1, "duration": 10.0}
 # A real upstream bills every miss: small counts unless the user asks for more.
@@ -62,15 +62,6 @@ def _concurrency(text: str) -> list[int]:
     if not levels or min(levels) < 1:
         fail(f"--concurrency {text!r}: expected positive integers such as 1,32")
     return levels
-
-
-def _duration(name: str, text: str) -> float:
-    from kallm.config import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        fail(f"{name} {text!r}: expected {exc}")
 
 
 def _show(result: dict[str, Any], as_json: bool, save: Path, console: Console, report: Any) -> None:
@@ -156,9 +147,9 @@ def run(
         entries=entries if entries is not None else preset["entries"],
         embedder=embedder.value,
         seed=seed,
-        duration=_duration("--duration", duration) if duration else preset["duration"],
+        duration=duration_flag("--duration", duration) if duration else preset["duration"],
         upstream=upstream,
-        upstream_latency=_duration("--upstream-latency", upstream_latency),
+        upstream_latency=duration_flag("--upstream-latency", upstream_latency),
         api_key=(api_key or SIMULATED_KEY) if upstream else SIMULATED_KEY,
         model=model,
     )

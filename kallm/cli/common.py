@@ -34,6 +34,16 @@ def settings_from(config: Path | None, **flags: Any) -> LoadedSettings:
         fail(exc.message)
 
 
+def duration_flag(flag: str, text: str) -> float:
+    """A duration flag's seconds (``90s``, ``5m``, ``24h``), or exit naming the flag."""
+    from kallm.config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        fail(f"{flag} {text!r}: expected {exc}")
+
+
 CONFIG_OPTION = typer.Option(
     None,
     "--config",

@@ -387,9 +387,9 @@ def create(
 
 
 def _k8s_flags(output: str, namespace: str, label: list[str] | None) -> dict[str, str]:
-    _output(output)
     from kallm.accounts.k8s import check_labels, valid_namespace
 
+    _output(output)
     labels = pairs(label, "--label")
     try:
         check_labels(labels)

@@ -19,7 +19,7 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from kallm.accounts import usage
-from kallm.cli.common import CONFIG_OPTION, fail, settings_from
+from kallm.cli.common import CONFIG_OPTION, duration_flag, fail, settings_from
 from kallm.cli.keyclient import env_or, http_json
 from kallm.cli.keys import span, usd, when
 from kallm.cli.tables import folded
@@ -220,9 +220,9 @@ def render_database(snap: dict[str, Any]) -> RenderableType:
 
 
 def render_server(snap: dict[str, Any]) -> RenderableType:
-    s = snap["server"]
     from rich.table import Table
 
+    s = snap["server"]
     latency = s.get("lookup_latency_ms") or {}
     table = Table.grid(padding=(0, 2))
     rows = [
@@ -287,12 +287,7 @@ def watch(console: Console, report: Report, interval: float) -> None:
 
 
 def _seconds(text: str, flag: str) -> float:
-    from kallm.config import parse_duration
-
-    try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        fail(f"{flag} {text!r}: expected {exc}")
+    seconds = duration_flag(flag, text)
     if seconds <= 0:
         fail(f"{flag} {text!r}: expected a duration above zero")
     return seconds

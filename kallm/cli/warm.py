@@ -58,10 +58,10 @@ def _problems(console: Console, title: str, shown: list[Problem], total: int) ->
 
 
 def _summary(console: Console, counts: Counts, where: str) -> None:
-    _problems(console, "bad lines (skipped)", counts.bad_lines, counts.bad)
-    _problems(console, "failed", counts.failures, counts.failed)
     from rich.table import Table
 
+    _problems(console, "bad lines (skipped)", counts.bad_lines, counts.bad)
+    _problems(console, "failed", counts.failures, counts.failed)
     console.print(f"warmed {where}", highlight=False, soft_wrap=True)
     table = Table("", "", show_header=False)
     for name, value in (
@@ -79,6 +79,8 @@ def _summary(console: Console, counts: Counts, where: str) -> None:
 
 
 def _dry_run(console: Console, parsed: Parsed, as_json: bool, config: Path | None) -> None:
+    from rich.table import Table
+
     from kallm.accounts.pricing import PriceTable
     from kallm.warm import SHOWN, estimate_cost
 
@@ -101,8 +103,6 @@ def _dry_run(console: Console, parsed: Parsed, as_json: bool, config: Path | Non
         )
     else:
         _problems(console, "bad lines (skipped)", parsed.bad[:SHOWN], len(parsed.bad))
-        from rich.table import Table
-
         table = Table("", "", title="kallm warm --dry-run (nothing sent)", show_header=False)
         for name, value in (
             ("lines read", parsed.lines),
@@ -187,6 +187,14 @@ def warm_command(
     """
     import asyncio
 
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from kallm.errors import KallmError
     from kallm.warm import FORMATS, NO_MODEL, Target, WarmError, parse_lines
 
@@ -218,14 +226,6 @@ def warm_command(
             )
         settings = loaded.settings
         where = f"in-process kallm, cache file {settings.cache_file}"
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
